@@ -1,0 +1,1 @@
+"""Cross-cutting training work: EMA weights, sample grids, atomic checkpoints, evaluation."""

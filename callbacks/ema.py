@@ -1,0 +1,124 @@
+"""Exponential moving average of the trainable weights, used for sampling and evaluation.
+
+Diffusion models and GANs sample markedly better from EMA weights (Ho et al. 2020, Karras et
+al. 2018). The average lives in this callback, not in the model, so every model gets it the same
+way; it is saved in checkpoints twice: as callback state (for lossless resume) and as
+``checkpoint["ema_state_dict"]`` (a plain state dict that ``models.checkpoint`` loads for
+generation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+
+class EMA(Callback):
+    """Keep ``shadow = decay * shadow + (1 - decay) * weights`` after every optimiser step.
+
+    Args:
+        decay: the decay per step once warmed up.
+        warmup_steps: ramp ``min(decay, (1 + n) / (10 + n))`` over early steps, so the average
+            does not carry the random initialisation for thousands of steps.
+        evaluate_with_ema: swap the EMA weights in for validation.
+    """
+
+    def __init__(self, decay: float = 0.999, warmup_steps: int = 100, evaluate_with_ema: bool = True) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"callbacks.ema.decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.warmup_steps = warmup_steps
+        self.evaluate_with_ema = evaluate_with_ema
+        self.shadow: dict[str, Tensor] | None = None
+        self.num_updates = 0
+        self._backup: dict[str, Tensor] | None = None
+
+    @staticmethod
+    def _tracked(pl_module: L.LightningModule) -> dict[str, Tensor]:
+        # Frozen parts (the text encoder) never change, so averaging them only costs memory.
+        return {name: p for name, p in pl_module.named_parameters() if p.requires_grad and p.is_floating_point()}
+
+    def current_decay(self) -> float:
+        if self.num_updates < self.warmup_steps:
+            return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        return self.decay
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        params = self._tracked(pl_module)
+        if self.shadow is None:
+            self.shadow = {name: p.detach().clone() for name, p in params.items()}
+            return
+        missing = sorted(set(params) - set(self.shadow))
+        if missing:
+            raise RuntimeError(f"EMA state in the checkpoint lacks parameters of this model: {missing[:5]}")
+        self.shadow = {name: t.to(params[name].device) for name, t in self.shadow.items() if name in params}
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.shadow is None:
+            return
+        decay = self.current_decay()
+        for name, param in self._tracked(pl_module).items():
+            self.shadow[name].lerp_(param.detach(), 1.0 - decay)
+        self.num_updates += 1
+
+    @contextmanager
+    def swapped(self, pl_module: L.LightningModule) -> Iterator[None]:
+        """Run the block with the EMA weights in the model; the trained weights come back after."""
+        if self.shadow is None or self._backup is not None:
+            yield
+            return
+        params = self._tracked(pl_module)
+        self._backup = {name: p.detach().clone() for name, p in params.items()}
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in params.items():
+                    param.copy_(self._backup[name])
+            self._backup = None
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.evaluate_with_ema and self.shadow is not None and not trainer.sanity_checking:
+            self._validation_context = self.swapped(pl_module)
+            self._validation_context.__enter__()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        context = getattr(self, "_validation_context", None)
+        if context is not None:
+            context.__exit__(None, None, None)
+            self._validation_context = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": self.shadow, "num_updates": self.num_updates, "decay": self.decay}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.shadow = state_dict["shadow"]
+        self.num_updates = int(state_dict["num_updates"])
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.shadow is None:
+            return
+        # Weights as they would be after swapping: trained ones for untracked entries.
+        ema_state = {name: t.detach().clone() for name, t in pl_module.state_dict().items()}
+        if self._backup is not None:  # saving while swapped: the model holds the EMA weights
+            ema_state.update({name: t.detach().clone() for name, t in self._backup.items()})
+            checkpoint["state_dict"] = {**checkpoint["state_dict"], **self._backup}
+        ema_state.update({name: t.detach().clone() for name, t in self.shadow.items()})
+        checkpoint["ema_state_dict"] = ema_state
+
+
+def find_ema(trainer: L.Trainer | None) -> EMA | None:
+    """The EMA callback of a trainer, if it has one."""
+    if trainer is None:
+        return None
+    return next((c for c in trainer.callbacks if isinstance(c, EMA)), None)

@@ -1,0 +1,160 @@
+"""Train one experiment, evaluate it, and write its run folder.
+
+    python -m experiments.run exp=hybrid
+    python -m experiments.run -m exp=hybrid,ddpm,vae,gan seed=0,1,2
+
+``run(cfg)`` is importable (tests and notebooks call it); ``main`` is the Hydra wrapper.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, Timer
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from callbacks.checkpoint import AtomicCheckpointIO
+from callbacks.ema import find_ema
+from callbacks.health import FiniteLoss
+from experiments import CONFIG_DIR
+from experiments.loggers import build_loggers, flat_config
+
+log = logging.getLogger(__name__)
+OUTPUT_DIR_ENV = "DERMSYNTH_OUTPUT_DIR"
+
+
+def resolve_output_dir(cfg: DictConfig) -> Path:
+    """One run folder for all DDP ranks and the right one per job in a Hydra multirun.
+
+    DDP re-launches this script per rank, and each launch would compute a new timestamp;
+    rank 0 publishes its folder in the environment, which the children inherit.
+    """
+    inherited = os.environ.get(OUTPUT_DIR_ENV)
+    if inherited and int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) > 0:
+        output_dir = inherited
+    elif HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        output_dir = HydraConfig.get().runtime.output_dir
+    else:
+        output_dir = cfg.paths.output_dir
+    output_dir = str(Path(output_dir).absolute())
+    with open_dict(cfg):
+        cfg.paths.output_dir = output_dir
+    os.environ[OUTPUT_DIR_ENV] = output_dir
+    return Path(output_dir)
+
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    callbacks: list[Callback] = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    callbacks.append(FiniteLoss())
+    if cfg.trainer.get("max_time") is None:
+        callbacks.append(Timer(duration=None, interval="step", verbose=False))  # records train_time_s
+    return callbacks
+
+
+def train_seconds(trainer: L.Trainer) -> float:
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    return float(timer.time_elapsed("train")) if timer is not None else float("nan")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Fit ``cfg.model`` on ``cfg.data``, evaluate it, write the run folder; return the metrics."""
+    output_dir = resolve_output_dir(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = instantiate(cfg.model, data_info=datamodule.info)
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+
+    loggers = build_loggers(cfg, output_dir)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=build_callbacks(cfg),
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(output_dir),
+    )
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        for logger in trainer.loggers:
+            logger.log_hyperparams(flat_config(cfg))
+
+    last = output_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if cfg.resume == "auto" and last.exists() else None
+    if ckpt_path:
+        log.info("Resuming from %s", ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+
+    metrics = evaluate_after_fit(cfg, trainer, model, datamodule, output_dir)
+    finish(trainer, metrics, output_dir)
+    return metrics
+
+
+def evaluate_after_fit(
+    cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule: Any, output_dir: Path
+) -> dict[str, Any]:
+    """The final evaluation with the EMA weights; written to ``metrics.json`` by rank 0."""
+    from evaluation.protocol import evaluate_generator
+    from evaluation.schema import write_metrics_json
+
+    extra = {
+        "exp": cfg.exp_name,
+        "data": cfg.data.source,
+        "seed": int(cfg.seed),
+        "train_steps": int(trainer.global_step),
+        "train_time_s": round(train_seconds(trainer), 2),
+    }
+    ema = find_ema(trainer)
+    model.eval()
+    with torch.inference_mode(False), (ema.swapped(model) if ema is not None else nullcontext()):
+        metrics = evaluate_generator(model, datamodule, cfg.eval, output_dir, extra=extra)
+    if trainer.is_global_zero:
+        write_metrics_json(output_dir / "metrics.json", metrics)
+    return metrics
+
+
+def finish(trainer: L.Trainer, metrics: dict[str, Any], output_dir: Path) -> None:
+    """Log the final figures, close the W&B run (a multirun's next job gets a new one), say where all went."""
+    scalars = {f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(scalars)
+        elif scalars:
+            logger.log_metrics(scalars, step=trainer.global_step)
+        logger.finalize("success")
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb
+
+        wandb.finish()
+    if trainer.is_global_zero:
+        headline = {k: metrics.get(k) for k in ("feature_extractor", "fid", "kid_mean", "precision", "recall", "cond_accuracy")}
+        print(f"Run folder: {output_dir}\nMetrics: {json.dumps(headline, default=_round)}", flush=True)
+
+
+def _round(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else str(value)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
