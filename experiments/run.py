@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,15 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
         output_dir = inherited
     elif HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         output_dir = HydraConfig.get().runtime.output_dir
+        os.environ.setdefault("DERMSYNTH_SWEEP_ID", Path(output_dir).name.rsplit("_", 1)[0])
     else:
         output_dir = cfg.paths.output_dir
     output_dir = str(Path(output_dir).absolute())
+    pinned = any(arg.startswith("paths.output_dir=") for arg in sys.argv[1:])
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN and not pinned:
+        # Lightning re-runs this command line for the other DDP ranks; pinning the folder there
+        # keeps Hydra from making a second, empty timestamped folder per rank.
+        sys.argv.append(f"paths.output_dir={output_dir}")
     with open_dict(cfg):
         cfg.paths.output_dir = output_dir
     os.environ[OUTPUT_DIR_ENV] = output_dir

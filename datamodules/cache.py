@@ -1,0 +1,100 @@
+"""Decoded images on disk as one uint8 ``.npy`` per (source, split, size, content), memory-mapped.
+
+Training reads pixels straight from the page cache: no JPEG is decoded twice, no phantom is
+rendered twice, and DataLoader workers share the mapping instead of copying arrays. Files are
+written under a temporary name and renamed, so concurrent runs (a sweep, DDP ranks) never read
+half a file; the worst case is that two of them build the same file once each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+CACHE_ENV = "DERMSYNTH_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$DERMSYNTH_CACHE`` or ``~/.cache/dermsynth`` (the YAML uses ``${paths.cache_dir}``, the same default)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dermsynth")
+
+
+class U8Images:
+    """A read-only (N, H, W, 3) uint8 array on disk, opened lazily (so it pickles into workers cheaply)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path = Path(path)
+        self.shape = tuple(shape)
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+            if self._array.shape != self.shape:
+                raise ValueError(f"image cache {self.path} holds {self._array.shape}, expected {self.shape}; delete it")
+        return self._array
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.array[index]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "shape": self.shape, "_array": None}
+
+
+def cache_key(key: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_images(
+    cache_dir: Path | str,
+    key: dict[str, Any],
+    shape: tuple[int, int, int, int],
+    build: Callable[[np.ndarray], dict[str, Any] | None],
+) -> tuple[U8Images, dict[str, Any]]:
+    """The cached images for ``key``, built by ``build(out)`` on a miss.
+
+    ``build`` fills ``out`` (``shape``, uint8) and may return metadata to keep beside the file;
+    a ``"keep"`` list of row indices there drops the other rows (images that failed to decode).
+    Returns the images and that metadata (also on a hit).
+    """
+    folder = Path(cache_dir).expanduser() / "images"
+    name = f"{key.get('source', 'data')}-{key.get('split', 'all')}-{shape[1]}px-{cache_key(key)}"
+    path, meta_path = folder / f"{name}.npy", folder / f"{name}.json"
+    if path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        return U8Images(path, tuple(meta["shape"])), meta.get("extra", {})
+
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".npy")
+    os.close(handle)
+    try:
+        out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
+        extra = build(out) or {}
+        keep = extra.get("keep")
+        if keep is not None and len(keep) < shape[0]:
+            kept = np.array(out[np.asarray(keep, dtype=np.int64)])
+            del out
+            np.save(temp, kept)
+            shape = kept.shape
+        else:
+            out.flush()
+            del out
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    meta_path.write_text(json.dumps({"key": key, "shape": list(shape), "extra": extra}, default=str))
+    log.info("Cached %s images %s at %s", key.get("source"), tuple(shape), path)
+    return U8Images(path, tuple(shape)), extra

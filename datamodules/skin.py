@@ -1,0 +1,243 @@
+"""``SkinDataModule``: one LightningDataModule for every generator and every data source.
+
+    dm = SkinDataModule(source="phantom", image_size=32, batch_size=32)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    # batch["image"] (B, 3, H, W) in [-1, 1]; batch["caption"] list[str]; batch["label"] (B,) long;
+    # batch["attributes"][name] (B,) long, -1 unknown; batch["skin_tone"] (B,) long, 1-6, 0 unknown
+
+Images come from the source's uint8 cache (rendered or decoded once, memory-mapped); items only
+convert, augment (training split) and attach the ground truth, so loading is cheap enough for
+any CPU training step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules import captions as caption_templates
+from datamodules.cache import default_cache_dir
+from datamodules.info import DataInfo
+from datamodules.sources import SourceRequest, SourceTable, get_source
+from datamodules.sources.base import SplitTable
+from datamodules.transforms import Augment, Preprocess
+
+log = logging.getLogger(__name__)
+PHANTOM_DEFAULT_SIZES = {"num_train": 2000, "num_val": 500, "num_test": 500}
+
+
+def to_tensor(image: np.ndarray) -> Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+class SkinDataset(Dataset):
+    """One split; each item is the batch contract for one image (the default collate stacks them).
+
+    Attributes:
+        image_ids: one id per image (file stem, or ``phantom-<seed>-<split>-<index>``), for auditing.
+        lesion_ids: lesion per image where the source has lesions (HAM10000), else None.
+        labels: (N,) int64 diagnosis indices.
+    """
+
+    def __init__(self, table: SplitTable, augment: Augment | None = None, with_reference: bool = False):
+        self.table = table
+        self.augment = augment
+        self.with_reference = with_reference
+        self.image_ids = table.image_ids
+        self.lesion_ids = table.lesion_ids
+        self.labels = table.labels
+        self.captions = table.captions
+        self.attributes = table.attributes
+        self.skin_tone = table.skin_tone
+        self._same_label = {int(k): np.flatnonzero(table.labels == k) for k in np.unique(table.labels)} if with_reference else {}
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def image(self, index: int) -> Tensor:
+        image = to_tensor(self.table.images[index])
+        return self.augment(image) if self.augment is not None else image
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {
+            "image": self.image(index),
+            "caption": self.captions[index],
+            "label": torch.tensor(self.labels[index], dtype=torch.long),
+            "attributes": {name: torch.tensor(values[index], dtype=torch.long) for name, values in self.attributes.items()},
+            "skin_tone": torch.tensor(self.skin_tone[index], dtype=torch.long),
+        }
+        if self.with_reference:
+            item["reference"] = self.image(self.reference_index(index))
+        return item
+
+    def reference_index(self, index: int) -> int:
+        """A different image of the same label (the image itself only when its label has no other)."""
+        pool = self._same_label[int(self.labels[index])]
+        if len(pool) < 2:
+            return index
+        pick = int(pool[torch.randint(len(pool) - 1, ()).item()])
+        return pick if pick != index else int(pool[-1])
+
+
+class SkinDataModule(L.LightningDataModule):
+    """Skin images of one ``source`` at ``image_size`` (see DESIGN.md section 4 and ``experiments/configs/data``).
+
+    Args:
+        source: ``phantom`` | ``ham10000`` | ``isic`` | ``dermamnist`` | ``folder``.
+        image_size: side of the square images in pixels.
+        root / csv: data folder and metadata/caption CSV of file-based sources.
+        num_train / num_val / num_test: phantom split sizes (defaults 2000/500/500); for other
+            sources optional caps per split (a seeded subset).
+        val_fraction / test_fraction: split shares where the source has no official split.
+        cache_dir: where decoded images live; default ``$DERMSYNTH_CACHE`` or ``~/.cache/dermsynth``.
+        with_reference: training items also carry ``reference``, another image of the same label.
+        augment / augment_flips / augment_rot90 / augment_brightness: training-split augmentation.
+        denoise_sigma / color_constancy: preprocessing applied once before caching.
+        class_names: fixes the class vocabulary of ``isic`` and ``folder`` (unknown labels then fail).
+        on_bad_image: ``error`` (default) or ``skip`` unreadable images, logging their names.
+        allow_upscale: accept images smaller than ``image_size`` (else an error names them).
+    """
+
+    def __init__(
+        self,
+        source: str = "phantom",
+        image_size: int = 32,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        root: str | None = None,
+        csv: str | None = None,
+        num_train: int | None = None,
+        num_val: int | None = None,
+        num_test: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        cache_dir: str | None = None,
+        with_reference: bool = False,
+        augment: bool = True,
+        augment_flips: bool = True,
+        augment_rot90: bool = True,
+        augment_brightness: float = 0.1,
+        denoise_sigma: float = 0.0,
+        color_constancy: bool = False,
+        class_names: list[str] | None = None,
+        on_bad_image: str = "error",
+        allow_upscale: bool = False,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        progress: bool = True,
+    ):
+        super().__init__()
+        if on_bad_image not in ("error", "skip"):
+            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        if source == "phantom":
+            sizes = {"num_train": num_train, "num_val": num_val, "num_test": num_test}
+            num_train, num_val, num_test = (v if v is not None else PHANTOM_DEFAULT_SIZES[k] for k, v in sizes.items())
+        self.source = source
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.with_reference = with_reference
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.augmentation = Augment(augment_flips, augment_rot90, augment_brightness) if augment else None
+        self.request = SourceRequest(
+            image_size=int(image_size), seed=int(seed), cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
+            root=Path(root) if root else None, csv=Path(csv) if csv else None,
+            num_train=num_train, num_val=num_val, num_test=num_test,
+            val_fraction=float(val_fraction), test_fraction=float(test_fraction),
+            class_names=tuple(class_names) if class_names else None, on_bad_image=on_bad_image,
+            allow_upscale=bool(allow_upscale), preprocess=Preprocess(float(denoise_sigma), bool(color_constancy)), progress=progress,
+        )
+        self._load = get_source(source)  # fails at once, listing the valid sources
+        self.table: SourceTable | None = None
+        self.train_set: SkinDataset | None = None
+        self.val_set: SkinDataset | None = None
+        self.test_set: SkinDataset | None = None
+        self._info: DataInfo | None = None
+
+    def prepare_data(self) -> None:
+        """Build the caches (rank 0 of each node under DDP); ``setup`` then only maps them."""
+        self._load(self.request)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is not None:
+            return
+        table = self._load(self.request)
+        self.table = table
+        self._info = replace(table.info, fingerprint=table.fingerprint())
+        self.train_set = SkinDataset(table.splits["train"], self.augmentation, self.with_reference)
+        self.val_set = SkinDataset(table.splits["val"])
+        self.test_set = SkinDataset(table.splits["test"])
+
+    @property
+    def info(self) -> DataInfo:
+        if self._info is None:
+            self.setup()
+        return self._info
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.info.class_names
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        return self.info.attribute_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    def sample_conditions(self, n: int, seed: int = 0) -> dict[str, Any]:
+        """``n`` conditions drawn (with replacement) from the training split's joint label/attribute/tone
+        distribution, each with that training image's own caption: exactly what text models saw."""
+        self.setup()
+        generator = torch.Generator().manual_seed(seed)
+        rows = torch.randint(len(self.train_set), (n,), generator=generator).numpy()
+        train = self.train_set
+        return {
+            "caption": [train.captions[r] for r in rows],
+            "label": torch.as_tensor(train.labels[rows], dtype=torch.long),
+            "attributes": {name: torch.as_tensor(values[rows], dtype=torch.long) for name, values in train.attributes.items()},
+            "skin_tone": torch.as_tensor(train.skin_tone[rows], dtype=torch.long),
+        }
+
+    def sample_captions(self, n: int, seed: int = 0) -> list[str]:
+        return self.sample_conditions(n, seed)["caption"]
+
+    def caption_for(self, label: int, attributes: dict[str, int], skin_tone: int = 0, seed: int = 0) -> str:
+        """A caption for chosen values (any combination; unknown = -1 / tone 0 is left out)."""
+        return caption_templates.caption_for(self.info, label, attributes, skin_tone, seed)
+
+    def parse_caption(self, text: str) -> dict[str, Any]:
+        return caption_templates.parse_caption(text, self.info)
+
+    def _loader(self, dataset: SkinDataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
+            drop_last=train and len(dataset) >= self.batch_size, pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.test_set, train=False)

@@ -1,0 +1,137 @@
+"""What every source hands to ``SkinDataModule``: three splits of cached uint8 images plus their truth.
+
+A source module exposes ``load(request: SourceRequest) -> SourceTable``. The data module turns
+the tables into datasets; sources never deal with tensors, augmentation or loaders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamodules.cache import U8Images
+from datamodules.info import DataInfo
+from datamodules.transforms import Preprocess
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SourceRequest:
+    """Everything a source may need; each source reads the fields that apply to it."""
+
+    image_size: int
+    seed: int
+    cache_dir: Path
+    root: Path | None = None
+    csv: Path | None = None
+    num_train: int | None = None  # phantom: split sizes; real sources: optional caps per split
+    num_val: int | None = None
+    num_test: int | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    class_names: tuple[str, ...] | None = None
+    on_bad_image: str = "error"  # error | skip
+    allow_upscale: bool = False
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    progress: bool = True
+
+    def preprocess_key(self) -> dict[str, Any]:
+        return self.preprocess.key()
+
+    def preprocess_array(self, images: np.ndarray) -> None:
+        """Apply denoising / colour constancy in place to (N, H, W, 3) uint8 images."""
+        self.preprocess.apply_(images)
+
+    def cap(self, split: str) -> int | None:
+        return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
+
+    def require_root(self, source: str) -> Path:
+        if self.root is None:
+            raise ValueError(f"data source {source!r} needs a folder: set data.root=DIR")
+        root = Path(self.root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"data source {source!r}: root folder {root} does not exist")
+        return root
+
+
+@dataclass
+class SplitTable:
+    """One split: images (N, H, W, 3) uint8 and per-image truth, all indexed alike."""
+
+    images: U8Images
+    labels: np.ndarray  # (N,) int64
+    attributes: dict[str, np.ndarray]  # name -> (N,) int64, -1 unknown
+    skin_tone: np.ndarray  # (N,) int64, Fitzpatrick 1-6, 0 unknown
+    captions: list[str]
+    image_ids: list[str]
+    lesion_ids: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class SourceTable:
+    info: DataInfo
+    splits: dict[str, SplitTable]
+
+    def fingerprint(self) -> str:
+        """Short hash of source, size, vocabulary and split membership (keys caches of derived results)."""
+        text = json.dumps({"info": {**self.info.to_dict(), "fingerprint": ""},
+                           "splits": {k: v.image_ids for k, v in self.splits.items()}}, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def subsample(indices: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    """At most ``cap`` of ``indices``, drawn with ``seed`` and kept in their original order."""
+    if cap is None or cap >= len(indices):
+        return indices
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(indices, size=int(cap), replace=False))
+
+
+def stratified_group_split(labels: np.ndarray, groups: np.ndarray, fractions: tuple[float, float], seed: int) -> np.ndarray:
+    """Split index (0 train, 1 val, 2 test) per row: whole groups per split, stratified by label.
+
+    Groups (e.g. lesions) are taken label by label (a group's label is its most common row
+    label), shuffled with ``seed``, and given to the split furthest below its target share of
+    that label's rows, so each label keeps about the same proportions in every split.
+    """
+    rng = np.random.default_rng(seed)
+    unique_groups, group_of_row = np.unique(groups, return_inverse=True)
+    group_sizes = np.bincount(group_of_row)
+    counts = np.zeros((len(unique_groups), int(labels.max()) + 1), np.int64)  # (groups, labels)
+    np.add.at(counts, (group_of_row, labels), 1)
+    group_label = counts.argmax(1)
+    targets = np.array([1.0 - sum(fractions), fractions[0], fractions[1]])
+    group_split = np.zeros(len(unique_groups), np.int64)
+    for label in np.unique(group_label):
+        members = rng.permutation(np.flatnonzero(group_label == label))
+        filled = np.zeros(3)
+        total = group_sizes[members].sum()
+        for g in members:
+            deficit = targets * total - filled
+            split = int(np.argmax(deficit))
+            group_split[g] = split
+            filled[split] += group_sizes[g]
+    return group_split[group_of_row]
+
+
+def stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: int) -> np.ndarray:
+    """``stratified_group_split`` with one group per row."""
+    return stratified_group_split(labels, np.arange(len(labels)), fractions, seed)
+
+
+def check_nonempty(source: str, splits: dict[str, SplitTable]) -> None:
+    for name, table in splits.items():
+        if len(table) == 0:
+            raise ValueError(
+                f"data source {source!r}: the {name} split is empty; give more images or change "
+                "data.val_fraction / data.test_fraction / data.num_{train,val,test}"
+            )

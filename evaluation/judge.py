@@ -1,0 +1,131 @@
+"""The domain judge: a classifier trained on the real training split, cached on disk.
+
+It serves twice: its penultimate features are the ``domain:<name>`` feature space for FD, KID and
+precision/recall (used when the Inception weights are absent, or on request), and its heads judge
+conditioning accuracy. It is trained once per data set and split (key: ``DataInfo.fingerprint``,
+the training split's hash and the judge settings) with a fixed seed, so every run on the same data
+shares it and its figures compare. Its sanity figures (accuracy on the real test split, on pure
+noise, on heavily noised real images, beside chance) say how far its verdicts can be trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from datamodules.info import DataInfo
+from evaluation.data import collect, split_hash
+from models.classifier import SkinClassifier, batch_targets, head_accuracy, head_sizes, train_classifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Judge:
+    """A trained ``SkinClassifier`` with its cache key and sanity figures."""
+
+    model: SkinClassifier
+    name: str
+    sanity: dict[str, Any]
+
+    @property
+    def heads(self) -> dict[str, int]:
+        return self.model.heads
+
+    def logits(self, images: Tensor, batch_size: int = 256) -> dict[str, Tensor]:
+        return self.model.predict_logits(images, batch_size)
+
+    def features(self, images: Tensor, batch_size: int = 256) -> Tensor:
+        return self.model.predict_features(images, batch_size)
+
+
+def judge_key(info: DataInfo, train_set: Any, judge_cfg: Any) -> str:
+    """Cache key: the data (fingerprint, size, split) and every setting that changes the weights."""
+    settings = {k: judge_cfg[k] for k in ("arch", "epochs", "batch_size", "lr", "seed", "max_train_images")}
+    text = json.dumps({"data": info.to_dict(), "split": split_hash(train_set), **settings}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def load_or_train_judge(datamodule: Any, judge_cfg: Any, cache_dir: str | Path, progress: bool = False) -> Judge:
+    """The judge for ``datamodule``'s data: from ``cache_dir/judges/<key>`` or trained and stored there."""
+    info: DataInfo = datamodule.info
+    key = judge_key(info, datamodule.train_set, judge_cfg)
+    folder = Path(cache_dir) / "judges" / key
+    name = f"domain:{judge_cfg['arch']}-{key[:8]}"
+    heads = head_sizes(info)
+    if (folder / "judge.json").is_file():
+        meta = json.loads((folder / "judge.json").read_text())
+        model = SkinClassifier(meta["heads"], arch=judge_cfg["arch"], augment=False)
+        model.load_state_dict(load_file(folder / "model.safetensors"))
+        return Judge(model.eval(), name, meta["sanity"])
+
+    log.info("Training the domain judge %s on %d real training images (cached in %s)", name, len(datamodule.train_set), folder)
+    train_set = datamodule.train_set
+    limit = judge_cfg.get("max_train_images")
+    if limit is not None and limit < len(train_set):
+        from evaluation.data import subset_indices
+
+        train_set = torch.utils.data.Subset(train_set, subset_indices(len(train_set), limit, judge_cfg["seed"]))
+    model = train_classifier(
+        heads, train_set, judge_cfg["epochs"], judge_cfg["batch_size"], judge_cfg["seed"],
+        arch=judge_cfg["arch"], lr=judge_cfg["lr"], augment=True, progress=progress,
+    )
+    test = collect(datamodule.test_set, judge_cfg.get("num_sanity_images"), seed=judge_cfg["seed"])
+    sanity = sanity_figures(model, test, judge_cfg["seed"], judge_cfg.get("sanity_noise_std", 0.5))
+    _store(folder, model, {"name": name, "heads": heads, "sanity": sanity, "settings": dict(judge_cfg)})
+    log.info("Judge sanity: %s", json.dumps(sanity))
+    return Judge(model.eval(), name, sanity)
+
+
+def _store(folder: Path, model: SkinClassifier, meta: dict[str, Any]) -> None:
+    # Written to a temporary folder and renamed, so a concurrent reader never sees half a judge.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, temp / "model.safetensors")
+    (temp / "judge.json").write_text(json.dumps(meta, indent=1, default=str))
+    try:
+        os.replace(temp, folder)
+    except OSError:  # another process stored the same judge first
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def sanity_figures(model: SkinClassifier, test: dict[str, Any], seed: int, noise_std: float) -> dict[str, Any]:
+    """Mean accuracy over heads on real test images, pure noise, and noised real images, beside chance.
+
+    Pure noise and noised images keep the real images' targets: a trustworthy judge scores near
+    chance on noise (it cannot see a lesion), so a generator of noise cannot earn conditioning accuracy.
+    """
+    targets = batch_targets(test, model.heads)
+    generator = torch.Generator().manual_seed(seed)
+    images = test["image"]
+    noise = torch.randn(images.shape, generator=generator).clamp(-1, 1)
+    noised = (images + noise_std * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
+    figures = {}
+    for name, batch in (("test", images), ("pure_noise", noise), (f"noised_std{noise_std:g}", noised)):
+        per_head = head_accuracy(model.predict_logits(batch), targets)
+        figures[f"{name}_accuracy"] = _mean(per_head)
+        figures[f"{name}_per_head"] = per_head
+    chance = {}
+    for name, target in targets.items():
+        known = target[target >= 0]
+        chance[name] = float(torch.bincount(known).max() / known.numel()) if known.numel() else None
+    figures["chance_accuracy"] = _mean(chance)
+    figures["chance_per_head"] = chance
+    figures["num_images"] = int(images.shape[0])
+    return figures
+
+
+def _mean(values: dict[str, float | None]) -> float | None:
+    known = [v for v in values.values() if v is not None]
+    return sum(known) / len(known) if known else None

@@ -1,0 +1,148 @@
+"""Evaluate a checkpoint, or any two image folders, into metrics.json.
+
+    python -m experiments.evaluate ckpt=runs/hybrid/2026-01-01_00-00-00/checkpoints/last.ckpt
+    python -m experiments.evaluate real=DIR fake=DIR [out=DIR] [data=phantom] [eval.feature_extractor=domain]
+
+Any other ``key=value`` overrides the run config (``eval.num_generated=2000``, ``data.root=...``).
+Both modes write ``metrics.json`` (into ``out``, default: the run folder, or ``fake``) and print the
+metrics as one JSON object on the last line of stdout. Folder mode pairs files by name for
+SSIM/PSNR where both folders hold the same names; its domain features need ``data=`` (the data set
+whose training split the judge learns), else the Inception weights.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from evaluation.data import cache_root
+from evaluation.features import FeatureExtractor, build_feature_extractor, extract
+from evaluation.fid import all_figures, inception_score
+from evaluation.judge import load_or_train_judge
+from evaluation.protocol import evaluate_generator
+from evaluation.reconstruction import image_quality
+from evaluation.schema import empty_metrics, read_metrics_json, write_metrics_json
+from experiments import CONFIG_DIR
+from models.checkpoint import load_generator, read_checkpoint
+
+OWN_KEYS = ("ckpt", "real", "fake", "out", "size")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def load_folder(folder: str | Path, size: int | None = None) -> tuple[list[str], torch.Tensor]:
+    """File names and images (N, 3, S, S) in [-1, 1] of an image folder, resized to ``size`` (default: the first image's)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    images = []
+    for path in files:
+        try:
+            image = Image.open(path).convert("RGB")
+        except OSError as error:
+            raise ValueError(f"cannot read image {path}: {error}") from error
+        size = size or image.width
+        image = image.resize((size, size), Image.BICUBIC) if image.size != (size, size) else image
+        images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+    return [p.name for p in files], torch.stack(images).float() / 127.5 - 1
+
+
+def evaluate_folders(real_dir: str | Path, fake_dir: str | Path, eval_cfg: Any, extractor: FeatureExtractor, size: int | None = None) -> dict[str, Any]:
+    """FD, KID, IS, precision/recall between two folders; SSIM/PSNR over files present in both."""
+    real_names, real = load_folder(real_dir, size)
+    fake_names, fake = load_folder(fake_dir, real.shape[-1])
+    batch_size = int(eval_cfg.get("batch_size", 64))
+    real_feats, _ = extract(extractor, real, batch_size)
+    fake_feats, fake_logits = extract(extractor, fake, batch_size)
+    metrics = empty_metrics()
+    seed = int(eval_cfg.get("seed", 0))
+    metrics.update(
+        exp="folders", data=str(real_dir), image_size=int(real.shape[-1]), seed=seed, num_real=len(real_names),
+        num_generated=len(fake_names), feature_extractor=extractor.name,
+    )
+    metrics.update(all_figures(real_feats, fake_feats, int(eval_cfg.get("kid_subsets", 100)), int(eval_cfg.get("kid_subset_size", 1000)), int(eval_cfg.get("pr_neighborhood", 3)), seed))
+    metrics["is_mean"], metrics["is_std"] = inception_score(fake_logits, int(eval_cfg.get("is_splits", 10)), seed)
+    shared = sorted(set(real_names) & set(fake_names))
+    if shared:
+        real_index, fake_index = {n: i for i, n in enumerate(real_names)}, {n: i for i, n in enumerate(fake_names)}
+        quality = image_quality(fake[[fake_index[n] for n in shared]], real[[real_index[n] for n in shared]])
+        metrics.update(ssim=quality["ssim"], psnr=quality["psnr"], reconstruction_protocol=f"paired files ({len(shared)})")
+    return metrics
+
+
+def split_arguments(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    own, overrides = {}, []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key in OWN_KEYS:
+            own[key] = value
+        else:
+            overrides.append(arg)
+    return own, overrides
+
+
+def compose_run_config(base: dict[str, Any] | None, overrides: list[str]) -> DictConfig:
+    """The run config stored in a checkpoint (or the defaults) with command-line overrides applied."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        defaults = compose(config_name="config", overrides=[o for o in overrides if o.split("=")[0] in ("data", "exp", "budget")])
+    cfg = OmegaConf.create(base) if base is not None else defaults
+    if base is not None and "eval" not in cfg:
+        cfg.eval = defaults.eval
+    cfg.merge_with(OmegaConf.from_dotlist([o for o in overrides if "." in o.split("=")[0]]))
+    return cfg
+
+
+def evaluate(argv: list[str]) -> dict[str, Any]:
+    """The command: returns the metrics it wrote."""
+    own, overrides = split_arguments(argv)
+    if "ckpt" in own:
+        checkpoint = read_checkpoint(own["ckpt"])
+        cfg = compose_run_config(checkpoint.get("dermsynth_config"), overrides)
+        model = load_generator(own["ckpt"], map_location="cuda" if torch.cuda.is_available() else "cpu")
+        datamodule = instantiate(cfg.data)
+        datamodule.prepare_data()
+        datamodule.setup()
+        out = Path(own.get("out") or Path(own["ckpt"]).resolve().parent.parent)
+        previous = read_metrics_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
+        extra = {
+            "exp": cfg.get("exp_name"), "data": cfg.data.get("source"), "seed": int(cfg.get("seed", 0)),
+            "train_steps": int(checkpoint.get("global_step", 0)), "train_time_s": previous.get("train_time_s"),
+        }
+        metrics = evaluate_generator(model, datamodule, cfg.eval, out, extra=extra)
+    elif "real" in own and "fake" in own:
+        cfg = compose_run_config(None, overrides)
+        has_data = any(o.startswith("data=") for o in overrides)
+
+        def judge():
+            if not has_data:
+                raise ValueError("domain features need data=<source> (the judge learns its training split), or give eval.inception_weights=PATH")
+            datamodule = instantiate(cfg.data)
+            datamodule.prepare_data()
+            datamodule.setup()
+            return load_or_train_judge(datamodule, cfg.eval.judge, cache_root(cfg.eval), progress=True)
+
+        extractor = build_feature_extractor(cfg.eval, judge)
+        metrics = evaluate_folders(own["real"], own["fake"], cfg.eval, extractor, int(own["size"]) if "size" in own else None)
+        out = Path(own.get("out") or own["fake"])
+    else:
+        raise SystemExit("usage: python -m experiments.evaluate ckpt=PATH [out=DIR] | real=DIR fake=DIR [out=DIR] [key=value ...]")
+    write_metrics_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def main() -> None:
+    metrics = evaluate(sys.argv[1:])
+    print(json.dumps(metrics, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()

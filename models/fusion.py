@@ -1,0 +1,270 @@
+"""The global conditioning vector: PCA-reduced text and CNN image embeddings, standardised and fused.
+
+As in the seed paper, a CNN (timm, default ``resnet50``) embeds a reference image, PCA fitted on
+the training split reduces both the visual and the pooled text embeddings, each block is
+standardised, and a weighted concatenation (``weight`` on the visual block, ``1 - weight`` on
+the text block) is the vector the UNet adds to its timestep embedding.
+
+At generation the reference is a user image or, by default, a retrieval prior: the mean visual
+code of training images whose attributes best match the prompt. The per-image codes, labels and
+attributes of the fitted images are buffers, so the prior travels in the checkpoint.
+
+The CNN is frozen and kept out of the state dict (checkpoints stay small); without pretrained
+weights it is initialised from a fixed seed, so a reloaded model rebuilds the same network.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_cnn(name: str, pretrained: str | bool | None, seed: int = 0) -> nn.Module:
+    """A frozen timm feature extractor (pooled features); weights from a path, the local hub cache, or a seed."""
+    import timm
+
+    if isinstance(pretrained, str) and pretrained:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        path = Path(pretrained).expanduser()
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.", "classifier."))}
+        model.load_state_dict(state, strict=False)
+        return model.requires_grad_(False).eval()
+    cached = _cached_timm_weights(name) if pretrained else None
+    if cached is not None:
+        model = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": cached})
+        return model.requires_grad_(False).eval()
+    warnings.warn(
+        f"fusion CNN '{name}': no pretrained weights on disk (give model.fusion.pretrained=PATH or put them in the "
+        f"Hugging Face cache); using a randomly initialised network (seed {seed}), so the visual branch carries only "
+        "coarse colour/shape statistics",
+        stacklevel=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    return model.requires_grad_(False).eval()
+
+
+def _cached_timm_weights(name: str) -> str | None:
+    """Path of the model's weights in the local Hugging Face cache, never downloading."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        if not hub_id:
+            return None
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            path = try_to_load_from_cache(hub_id, filename)
+            if isinstance(path, str):
+                return path
+    except Exception as error:  # a broken cache must not stop training; the warning follows
+        log.info("no cached weights for %s: %s", name, error)
+    return None
+
+
+def attribute_matrix(conditions: dict[str, Any], attribute_names: tuple[str, ...], count: int) -> Tensor:
+    """(N, A + 1) long: each attribute's value (-1 unknown) and skin tone as 0-5 (-1 unknown) last."""
+    columns = []
+    attributes = conditions.get("attributes") or {}
+    for name in attribute_names:
+        value = attributes.get(name)
+        columns.append(torch.full((count,), -1, dtype=torch.long) if value is None else torch.as_tensor(value).long().cpu())
+    tone = conditions.get("skin_tone")
+    columns.append(torch.full((count,), -1, dtype=torch.long) if tone is None else torch.as_tensor(tone).long().cpu() - 1)
+    return torch.stack(columns, dim=1)
+
+
+def _pca(data: Tensor, components: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean (D,), basis (k, D) zero-padded past the rank, and one scale giving unit mean variance."""
+    data = data.double()
+    mean = data.mean(0)
+    _, _, vh = torch.linalg.svd(data - mean, full_matrices=False)  # rows of vh: principal axes
+    basis = torch.zeros(components, data.shape[1], dtype=torch.float64)
+    kept = min(components, vh.shape[0])
+    basis[:kept] = vh[:kept]
+    coords = (data - mean) @ basis[:kept].T
+    scale = coords.pow(2).mean().sqrt().clamp_min(1e-8)  # block standardisation keeps PCA's ranking
+    return mean.float(), basis.float(), scale.float()
+
+
+class FusionConditioner(nn.Module):
+    """Text + visual codes -> global conditioning vector (B, ``output_dim``).
+
+    Args:
+        text_dim: width of the pooled text embedding.
+        attribute_names: attribute vocabulary (``DataInfo.attribute_names``), the prior's match keys.
+        enabled: False drops the visual branch (the ``fusion.enabled=false`` ablation).
+        cnn: timm architecture of the visual branch.
+        pretrained: weights path, True to use the local hub cache if present, or None/False.
+        text_components, visual_components: PCA sizes.
+        weight: weight of the visual block in the concatenation (text block: ``1 - weight``).
+        max_fit_images: training images embedded for PCA and the retrieval table.
+        cnn_seed: initialisation seed of a CNN without pretrained weights.
+    """
+
+    def __init__(
+        self,
+        *,
+        text_dim: int,
+        attribute_names: tuple[str, ...] = (),
+        enabled: bool = True,
+        cnn: str = "resnet50",
+        pretrained: str | bool | None = True,
+        text_components: int = 32,
+        visual_components: int = 32,
+        weight: float = 0.5,
+        max_fit_images: int = 1024,
+        cnn_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"fusion.weight must be in [0, 1], got {weight}")
+        self.enabled, self.weight = enabled, weight
+        self.attribute_names = tuple(attribute_names)
+        self.text_components, self.visual_components = text_components, visual_components
+        self.max_fit_images = max_fit_images
+        self.register_buffer("text_mean", torch.zeros(text_dim))
+        self.register_buffer("text_basis", torch.zeros(text_components, text_dim))
+        self.register_buffer("text_scale", torch.ones(()))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        if enabled:
+            object.__setattr__(self, "_cnn", build_cnn(cnn, pretrained, cnn_seed))  # frozen, not in the state dict
+            features = int(self._cnn.num_features)
+            self.register_buffer("visual_mean", torch.zeros(features))
+            self.register_buffer("visual_basis", torch.zeros(visual_components, features))
+            self.register_buffer("visual_scale", torch.ones(()))
+            self.register_buffer("table_codes", torch.zeros(max_fit_images, visual_components))
+            self.register_buffer("table_labels", torch.full((max_fit_images,), -1, dtype=torch.long))
+            self.register_buffer("table_attributes", torch.full((max_fit_images, len(self.attribute_names) + 1), -1, dtype=torch.long))
+            self.register_buffer("table_index", torch.full((max_fit_images,), -1, dtype=torch.long))
+            self.register_buffer("table_size", torch.zeros((), dtype=torch.long))
+
+    @property
+    def output_dim(self) -> int:
+        return self.text_components + (self.visual_components if self.enabled else 0)
+
+    @torch.no_grad()
+    def image_features(self, images: Tensor, batch_size: int = 64) -> Tensor:
+        """(N, 3, H, W) in [-1, 1] -> CNN pooled features (N, F), ImageNet-normalised input."""
+        device = self.text_mean.device
+        if next(self._cnn.parameters()).device != device:
+            self._cnn.to(device)
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        chunks = []
+        for start in range(0, images.shape[0], batch_size):
+            x = (images[start : start + batch_size].to(device).float() + 1) / 2
+            chunks.append(self._cnn((x - mean) / std).float())
+        return torch.cat(chunks)
+
+    @torch.no_grad()
+    def fit(
+        self,
+        text_pooled: Tensor,
+        visual_features: Tensor | None,
+        labels: Tensor,
+        attributes: Tensor,
+        indices: Tensor | None = None,
+    ) -> None:
+        """Fit both PCAs on training embeddings and fill the retrieval table.
+
+        Args:
+            text_pooled: (N, text_dim) pooled text embeddings of the training captions.
+            visual_features: (N, F) CNN features of the same images (None when disabled).
+            labels: (N,) diagnoses; attributes: (N, A + 1) from ``attribute_matrix``.
+            indices: (N,) training-set indices of the images (lets training exclude the target).
+        """
+        mean, basis, scale = _pca(text_pooled.cpu(), self.text_components)
+        self.text_mean.copy_(mean), self.text_basis.copy_(basis), self.text_scale.copy_(scale)
+        if self.enabled:
+            if visual_features is None:
+                raise ValueError("fusion is enabled, so fit() needs the CNN features of the training images")
+            mean, basis, scale = _pca(visual_features.cpu(), self.visual_components)
+            self.visual_mean.copy_(mean), self.visual_basis.copy_(basis), self.visual_scale.copy_(scale)
+            count = min(self.max_fit_images, visual_features.shape[0])
+            self.table_codes.zero_()
+            self.table_codes[:count] = self.visual_code(visual_features[:count].to(self.table_codes.device))
+            self.table_labels.fill_(-1)
+            self.table_labels[:count] = labels[:count].to(self.table_labels.device)
+            self.table_attributes.fill_(-1)
+            self.table_attributes[:count] = attributes[:count].to(self.table_attributes.device)
+            self.table_index.fill_(-1)
+            if indices is not None:
+                self.table_index[:count] = indices[:count].to(self.table_index.device)
+            self.table_size.fill_(count)
+        self.fitted.fill_(True)
+
+    def text_code(self, pooled: Tensor) -> Tensor:
+        """(B, text_dim) -> standardised PCA coordinates (B, text_components)."""
+        return (pooled - self.text_mean) @ self.text_basis.T / self.text_scale
+
+    def visual_code(self, features: Tensor) -> Tensor:
+        """(B, F) CNN features -> standardised PCA coordinates (B, visual_components)."""
+        return (features - self.visual_mean) @ self.visual_basis.T / self.visual_scale
+
+    def prior(self, labels: Tensor, attributes: Tensor) -> Tensor:
+        """Retrieval prior (B, visual_components): mean code of the table entries matching best.
+
+        The diagnosis dominates the match (weight 100), then the count of agreeing known
+        attributes; ties are averaged. An empty table (unfitted model) gives zeros.
+        """
+        size = int(self.table_size)
+        if size == 0:
+            return torch.zeros(labels.shape[0], self.visual_components, device=self.table_codes.device)
+        labels, attributes = labels.to(self.table_labels.device), attributes.to(self.table_attributes.device)
+        table_labels, table_attributes = self.table_labels[:size], self.table_attributes[:size]
+        label_match = (labels[:, None] == table_labels[None]) & (labels[:, None] >= 0)  # (B, M)
+        known = (attributes[:, None] >= 0) & (table_attributes[None] >= 0)  # (B, M, A + 1)
+        agree = ((attributes[:, None] == table_attributes[None]) & known).sum(-1)  # (B, M)
+        score = 100 * label_match.long() + agree
+        selected = (score == score.max(dim=1, keepdim=True).values).float()  # (B, M)
+        return selected @ self.table_codes[:size] / selected.sum(1, keepdim=True)
+
+    def table_reference(self, labels: Tensor, exclude: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """A random table entry's code per row (B, visual_components) with the same diagnosis.
+
+        ``exclude`` (B,) training-set indices never chosen for that row (the target itself, -1
+        none). Rows with no other same-label entry get their label's prior.
+        """
+        size = int(self.table_size)
+        candidates = (labels.to(self.table_labels.device)[:, None] == self.table_labels[None, :size]).float()  # (B, M)
+        if exclude is not None:
+            exclude = exclude.to(candidates.device)
+            is_target = (self.table_index[None, :size] == exclude[:, None]) & (exclude[:, None] >= 0)
+            candidates = candidates.masked_fill(is_target, 0.0)
+        empty = candidates.sum(1) == 0
+        candidates[empty] = 1.0 / max(size, 1)  # placeholder; replaced by the prior below
+        uniform = torch.rand(candidates.shape, generator=generator, device="cpu").to(candidates.device)
+        choice = (uniform * candidates).argmax(1)  # a uniformly random candidate
+        codes = self.table_codes[choice]
+        if empty.any():
+            attrs = torch.full((int(empty.sum()), self.table_attributes.shape[1]), -1, dtype=torch.long)
+            codes[empty] = self.prior(labels[empty], attrs)
+        return codes
+
+    def forward(self, text_pooled: Tensor, visual_code: Tensor | None = None) -> Tensor:
+        """Global conditioning vector (B, output_dim): [(1 - w) * text code, w * visual code]."""
+        text = self.text_code(text_pooled)
+        if not self.enabled:
+            return text
+        if visual_code is None:
+            raise ValueError("fusion is enabled: pass a visual code (reference, table entry or prior)")
+        return torch.cat([(1.0 - self.weight) * text, self.weight * visual_code.to(text.dtype)], dim=1)

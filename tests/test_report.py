@@ -1,0 +1,54 @@
+"""The report: mean ± std over seeds per exp, "—" for figures a model cannot have, csv and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from evaluation.schema import empty_metrics, write_metrics_json
+from experiments.report import build_report
+
+
+def _run(root: Path, exp: str, seed: int, fid: float, ssim: float | None, cond: float | None) -> None:
+    metrics = empty_metrics()
+    metrics.update(
+        exp=exp, data="phantom", image_size=32, seed=seed, num_real=100, num_generated=100, feature_extractor="domain:test",
+        fid=fid, kid_mean=0.01 * fid, kid_std=0.001, is_mean=2.0, is_std=0.1, precision=0.5, recall=0.4, ssim=ssim,
+        psnr=None if ssim is None else 20.0, cond_accuracy=None if cond is None else {"mean": cond, "fd": fid},
+        memorization={"feature": {"copy_rate": 0.0}}, per_skin_tone={"worst_fid": fid + 1}, train_steps=100 * (seed + 1),
+        train_time_s=60.0, sample_time_s_per_image=0.01, nfe=50,
+    )
+    run_dir = root / exp / f"run_{seed}"
+    write_metrics_json(run_dir / "metrics.json", metrics)
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "details.json").write_text(json.dumps({"fd_floor": {"fid": 0.5}}))
+
+
+def test_report_table_csv_and_plots(tmp_path: Path) -> None:
+    _run(tmp_path, "hybrid", 0, fid=10.0, ssim=0.5, cond=0.8)
+    _run(tmp_path, "hybrid", 1, fid=14.0, ssim=0.7, cond=0.6)
+    _run(tmp_path, "gan", 0, fid=30.0, ssim=None, cond=None)
+    (tmp_path / "hybrid" / "run_0" / "downstream.json").write_text(json.dumps({"summary": {"delta_accuracy_mean": 0.05}}))
+    report = build_report(tmp_path).read_text()
+    hybrid = next(line for line in report.splitlines() if line.startswith("| hybrid"))
+    gan = next(line for line in report.splitlines() if line.startswith("| gan"))
+    assert "12.00 ± 2.83" in hybrid  # FD mean ± sample std over the two seeds
+    assert "0.600 ± 0.141" in hybrid and "5.00" in hybrid  # SSIM; downstream gain in points
+    cells = [c.strip() for c in gan.split("|")[1:-1]]
+    assert cells[0] == "gan" and cells[2] == "30.00"
+    assert cells[2 + 3] == "—" and cells[2 + 7] == "—"  # SSIM and cond. acc. the GAN cannot have
+    assert "Floor (FD real validation vs real test, same features): **0.50 ± 0.00**" in report
+    rows = list(csv.DictReader(open(tmp_path / "report.csv")))
+    assert {r["exp"] for r in rows} == {"hybrid", "gan"}
+    assert float(next(r for r in rows if r["exp"] == "hybrid")["fid_mean"]) == pytest.approx(12.0)
+    assert next(r for r in rows if r["exp"] == "gan")["ssim_mean"] == ""
+    for name in ("bar_fid.png", "fd_vs_train_steps.png", "fd_vs_sampler_steps.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
+
+
+def test_report_without_runs_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        build_report(tmp_path)
