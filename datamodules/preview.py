@@ -60,14 +60,14 @@ def save_grid(images: np.ndarray, captions: list[str], path: Path, tile: int = 1
     cols = min(4, n)
     rows = -(-n // cols)
     inches = tile / 80
-    figure, axes = plt.subplots(rows, cols, figsize=(cols * inches, rows * inches * 1.75), squeeze=False)
+    figure, axes = plt.subplots(rows, cols, figsize=(cols * inches, rows * inches * 1.5), squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < n:
             axis.imshow(images[index], interpolation="nearest")
             text = "\n".join(textwrap.wrap(captions[index], 38)[:9])
             axis.text(0.5, -0.04, text, transform=axis.transAxes, fontsize=6.2, ha="center", va="top")
-    figure.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=0.09, wspace=0.06, hspace=0.62)
+    figure.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=0.09, wspace=0.06, hspace=0.5)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=80)
     plt.close(figure)

@@ -29,15 +29,10 @@ from datamodules.cache import default_cache_dir
 from datamodules.info import DataInfo
 from datamodules.sources import SourceRequest, SourceTable, get_source
 from datamodules.sources.base import SplitTable
-from datamodules.transforms import Augment, Preprocess
+from datamodules.transforms import Augment, Preprocess, to_tensor
 
 log = logging.getLogger(__name__)
 PHANTOM_DEFAULT_SIZES = {"num_train": 2000, "num_val": 500, "num_test": 500}
-
-
-def to_tensor(image: np.ndarray) -> Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
 class SkinDataset(Dataset):
@@ -65,16 +60,18 @@ class SkinDataset(Dataset):
         return len(self.table)
 
     def image(self, index: int) -> Tensor:
-        image = to_tensor(self.table.images[index])
-        return self.augment(image) if self.augment is not None else image
+        image = self.table.images[index]  # (H, W, 3) uint8 view of the memory map
+        return self.augment(image) if self.augment is not None else to_tensor(image)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        # Python ints, not 0-d tensors: the default collate turns a batch of ints into one long
+        # tensor in a single call, which keeps the per-item cost a few microseconds.
         item = {
             "image": self.image(index),
             "caption": self.captions[index],
-            "label": torch.tensor(self.labels[index], dtype=torch.long),
-            "attributes": {name: torch.tensor(values[index], dtype=torch.long) for name, values in self.attributes.items()},
-            "skin_tone": torch.tensor(self.skin_tone[index], dtype=torch.long),
+            "label": int(self.labels[index]),
+            "attributes": {name: int(values[index]) for name, values in self.attributes.items()},
+            "skin_tone": int(self.skin_tone[index]),
         }
         if self.with_reference:
             item["reference"] = self.image(self.reference_index(index))

@@ -101,28 +101,32 @@ class Preprocess:
                 images[index] = self(np.asarray(images[index]))
 
 
+def to_tensor(image: np.ndarray, gain: float = 1.0) -> Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1], brightness scaled by ``gain`` (numpy: ~10x cheaper than torch ops per item)."""
+    pixels = np.asarray(image, dtype=np.float32) * np.float32(gain / 127.5) - np.float32(1.0)
+    if gain > 1.0:
+        np.minimum(pixels, 1.0, out=pixels)
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
 @dataclass(frozen=True)
 class Augment:
-    """Training-time augmentation on one (3, H, W) image tensor in [-1, 1].
+    """Training-time augmentation of one (H, W, 3) uint8 image, returned as a (3, H, W) tensor in [-1, 1].
 
     Flips and 90-degree rotations are the dihedral group: a dermoscopic image has no canonical
     orientation, so all eight are equally real. Brightness is a multiplicative jitter of
     +-``brightness`` (dermoscope lighting varies); it stays small so colour-based labels hold.
+    Random draws come from torch's generator, which Lightning seeds per DataLoader worker.
     """
 
     flips: bool = True
     rotate90: bool = True
     brightness: float = 0.1
 
-    def __call__(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        draws = torch.rand(4, generator=generator)
-        if self.flips and draws[0] < 0.5:
-            image = image.flip(-1)
-        if self.rotate90:
-            turns = int(draws[1] * 4)
-            if turns:
-                image = torch.rot90(image, turns, dims=(-2, -1))
-        if self.brightness > 0:
-            factor = 1.0 + (2 * float(draws[2]) - 1) * self.brightness
-            image = ((image + 1) * factor - 1).clamp(-1, 1)
-        return image
+    def __call__(self, image: np.ndarray, generator: torch.Generator | None = None) -> Tensor:
+        flip, turn, light = torch.rand(3, generator=generator).tolist()
+        if self.flips and flip < 0.5:
+            image = image[:, ::-1]
+        if self.rotate90 and int(turn * 4):
+            image = np.rot90(image, int(turn * 4))
+        return to_tensor(image, 1.0 + (2 * light - 1) * self.brightness)

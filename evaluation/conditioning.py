@@ -18,9 +18,12 @@ from models.classifier import ATTRIBUTE_PREFIX, batch_targets
 
 def head_correct(judge: Judge, images: Tensor, conditions: dict[str, Any]) -> dict[str, tuple[Tensor, Tensor]]:
     """Per head: (correct (N,) bool, known (N,) bool) for generated images against their conditions."""
-    targets = batch_targets(conditions, judge.heads)
-    logits = judge.logits(images)
-    return {name: (logits[name].argmax(1) == targets[name], targets[name] >= 0) for name in judge.heads}
+    return head_correct_from_logits(judge.logits(images), batch_targets(conditions, judge.heads))
+
+
+def head_correct_from_logits(logits: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+    """The same from judge logits already computed (and gathered over ranks)."""
+    return {name: (logits[name].argmax(1) == target, target >= 0) for name, target in targets.items()}
 
 
 def summarize(correct: dict[str, tuple[Tensor, Tensor]], rows: Tensor | None = None) -> tuple[float | None, dict[str, float | None]]:

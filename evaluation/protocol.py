@@ -23,16 +23,16 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from evaluation.conditioning import conditioning_accuracy, head_correct, summarize
+from evaluation.conditioning import conditioning_accuracy, head_correct_from_logits, summarize
 from evaluation.data import cache_root, collect, split_hash, take
 from evaluation.features import FeatureExtractor, build_feature_extractor, extract
 from evaluation.fid import RealFeatureCache, all_figures, frechet_distance, inception_score
 from evaluation.groups import per_skin_tone
 from evaluation.judge import Judge, load_or_train_judge
-from evaluation.memorization import memorization_report, save_pairs, thumbnails
+from evaluation.memorization import memorization_report, save_pairs
 from evaluation.reconstruction import reconstruction_metrics
 from evaluation.schema import METRIC_KEYS, empty_metrics
-from models.classifier import SKIN_TONE_HEAD
+from models.classifier import SKIN_TONE_HEAD, batch_targets
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def evaluate_generator(model: Any, datamodule: Any, eval_cfg: Any, out_dir: str 
 
     correct = None
     if conditional:
-        correct = {h: (judge_logits[h].argmax(1) == t, t >= 0) for h, t in _targets(judge, conditions).items()}
+        correct = head_correct_from_logits(judge_logits, batch_targets(conditions, judge.heads))
         metrics["cond_accuracy"] = conditioning_accuracy(judge, correct, figures["fid"], extractor.name)
 
     details: dict[str, Any] = {"feature_extractor": extractor.name, "judge": judge.name, "judge_sanity": judge.sanity, "world_size": world}
@@ -229,10 +229,6 @@ def fd_floor(extractor: FeatureExtractor, datamodule: Any, eval_cfg: Any, test_f
     return {"fid": frechet_distance(test_feats, val_feats), "num_val": int(val_feats.shape[0]), "num_test": int(test_feats.shape[0])}
 
 
-def _targets(judge: Judge, conditions: dict[str, Any]) -> dict[str, Tensor]:
-    from models.classifier import batch_targets
-
-    return batch_targets(conditions, judge.heads)
 
 
 def _apply_recon_settings(model: Any, eval_cfg: Any) -> None:

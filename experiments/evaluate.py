@@ -131,7 +131,9 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
             return load_or_train_judge(datamodule, cfg.eval.judge, cache_root(cfg.eval), progress=True)
 
         extractor = build_feature_extractor(cfg.eval, judge)
-        metrics = evaluate_folders(own["real"], own["fake"], cfg.eval, extractor, int(own["size"]) if "size" in own else None)
+        # Domain features are only valid at the size the judge learned; Inception resizes itself.
+        size = own.get("size") or (cfg.data.image_size if has_data else None)
+        metrics = evaluate_folders(own["real"], own["fake"], cfg.eval, extractor, int(size) if size else None)
         out = Path(own.get("out") or own["fake"])
     else:
         raise SystemExit("usage: python -m experiments.evaluate ckpt=PATH [out=DIR] | real=DIR fake=DIR [out=DIR] [key=value ...]")

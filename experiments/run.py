@@ -31,6 +31,7 @@ from callbacks.ema import find_ema
 from callbacks.health import FiniteLoss
 from experiments import CONFIG_DIR
 from experiments.loggers import build_loggers, flat_config
+from models.checkpoint import build_generator
 
 log = logging.getLogger(__name__)
 OUTPUT_DIR_ENV = "DERMSYNTH_OUTPUT_DIR"
@@ -85,7 +86,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model = instantiate(cfg.model, data_info=datamodule.info)
+    model = build_generator(cfg.model, datamodule.info)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     loggers = build_loggers(cfg, output_dir)

@@ -35,6 +35,14 @@ def safe_container(value: Any) -> Any:
     return repr(value)
 
 
+def build_generator(model_cfg: Any, data_info: DataInfo) -> GenerativeModule:
+    """Instantiate a ``model`` config for a data vocabulary (``DataInfo`` is passed as is, not merged)."""
+    model = instantiate(model_cfg, _partial_=True)(data_info=data_info)
+    if not isinstance(model, GenerativeModule):
+        raise TypeError(f"{model_cfg['_target_']} is not a models.generative.GenerativeModule")
+    return model
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint file without running pickled code; clear errors for missing or foreign files."""
     path = Path(path)
@@ -58,7 +66,7 @@ def load_generator(
         if key not in checkpoint:
             raise ValueError(f"{path} lacks '{key}': it was not written by experiments.run")
     config = OmegaConf.create(checkpoint["dermsynth_config"])
-    model = instantiate(config.model, data_info=DataInfo.from_dict(checkpoint["data_info"]))
+    model = build_generator(config.model, DataInfo.from_dict(checkpoint["data_info"]))
     state = checkpoint.get("ema_state_dict") if use_ema else None
     state = state if state is not None else checkpoint["state_dict"]
     result = model.load_state_dict(state, strict=False)

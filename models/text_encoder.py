@@ -200,7 +200,8 @@ class TextEncoder(nn.Module):
         if self.cache is None:
             return 0
         device = torch.device(device) if device is not None else self._device()
-        todo = sorted({c for c in captions if self.cache.get(c) is None})
+        # sorted by length, so each batch pads little (long captions cost ~10x short ones)
+        todo = sorted({c for c in captions if self.cache.get(c) is None}, key=lambda c: (len(c), c))
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             out = self._run(chunk, device)

@@ -79,3 +79,15 @@ def test_identical_folders_give_zero_fd_and_perfect_pairs(session_cache: Path, t
     assert metrics["precision"] == 1.0 and metrics["recall"] == 1.0
     assert metrics["ssim"] == pytest.approx(1.0) and metrics["num_real"] == metrics["num_generated"] == 40
     assert metrics["reconstruction_protocol"] == "paired files (40)"
+
+
+def test_evaluate_command_without_features_fails_clearly(tmp_path: Path, monkeypatch) -> None:
+    from experiments.evaluate import evaluate
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
+    _write_folder(tmp_path / "real", torch.zeros(2, 3, 8, 8))
+    _write_folder(tmp_path / "fake", torch.zeros(2, 3, 8, 8))
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="data=<source>"):
+        evaluate([f"real={tmp_path / 'real'}", f"fake={tmp_path / 'fake'}"])
+    with pytest.raises(SystemExit, match="usage"):
+        evaluate(["nothing=1"])

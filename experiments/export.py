@@ -1,0 +1,115 @@
+"""Export a trained diffusion generator in the diffusers ``save_pretrained`` layout.
+
+    python -m experiments.export ckpt=PATH out=DIR
+
+``DIR/unet/`` and ``DIR/scheduler/`` load with plain diffusers
+(``UNet2DConditionModel.from_pretrained(DIR, subfolder="unet")``,
+``DDIMScheduler.from_pretrained(DIR, subfolder="scheduler")``); the hybrid adds
+``DIR/text_encoder/``, ``DIR/tokenizer/`` (Hugging Face layout) and ``DIR/fusion/`` (PCA and
+retrieval-prior buffers as safetensors, plus a JSON of how to rebuild the CNN). ``DIR/README.md``
+is a short model card; ``DIR/dermsynth.json`` keeps the data vocabulary and run config.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from models.generative import GenerativeModule
+
+USAGE = "usage: python -m experiments.export ckpt=PATH out=DIR [use_ema=true]"
+
+
+def export_model(model: GenerativeModule, out: str | Path) -> Path:
+    """Write ``model`` (a diffusion generator with ``unet`` and ``noise``) to ``out``; returns ``out``."""
+    out = Path(out)
+    if not hasattr(model, "unet") or not hasattr(model, "noise"):
+        raise ValueError(f"{type(model).__name__} is not a diffusion generator (no unet / noise process) and has no diffusers export")
+    out.mkdir(parents=True, exist_ok=True)
+    model.unet.save_pretrained(str(out / "unet"), safe_serialization=True)
+    sampler = getattr(model, "sampler_name", "ddim")
+    model.noise.scheduler(sampler).save_pretrained(str(out / "scheduler"))
+    text_encoder = getattr(model, "text_encoder", None)
+    if text_encoder is not None:
+        text_encoder.save_pretrained(out / "text_encoder", out / "tokenizer")
+    fusion = getattr(model, "fusion", None)
+    if fusion is not None:
+        (out / "fusion").mkdir(exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in fusion.state_dict().items()}, str(out / "fusion" / "fusion.safetensors"))
+        fusion_cfg = (model.hparams.get("fusion") or {}) if hasattr(model, "hparams") else {}
+        (out / "fusion" / "config.json").write_text(json.dumps({
+            "enabled": fusion.enabled, "weight": fusion.weight, "text_components": fusion.text_components,
+            "visual_components": fusion.visual_components, "attribute_names": list(fusion.attribute_names),
+            **_plain(fusion_cfg),
+        }, indent=1, default=str))
+    head = getattr(model, "align_head", None)
+    if head is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(out / "alignment_head.safetensors"))
+    (out / "dermsynth.json").write_text(json.dumps({
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "data_info": model.data_info.to_dict(),
+        "guidance_scale": getattr(model, "guidance_scale", None),
+        "sampler": {"name": sampler, "steps": getattr(model, "sampler_steps", None)},
+        "run_config": model.run_config,
+    }, indent=1, default=str))
+    (out / "README.md").write_text(model_card(model, sampler))
+    return out
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else dict(value)
+
+
+def model_card(model: GenerativeModule, sampler: str) -> str:
+    info = model.data_info
+    params = sum(p.numel() for p in model.unet.parameters())
+    unet_cls = type(model.unet).__name__
+    text = getattr(getattr(model, "text_encoder", None), "name", None)
+    lines = [
+        f"# DermSynth {type(model).__name__} ({info.source}, {info.image_size} px)",
+        "",
+        f"Synthetic dermatology image generator trained with DermSynth on `{info.source}`. Research use only: not for diagnosis.",
+        "",
+        f"- denoiser: `{unet_cls}`, {params / 1e6:.2f} M parameters, prediction `{model.noise.prediction_type}`, "
+        f"schedule `{model.noise.config['beta_schedule']}` (T = {model.noise.num_train_timesteps})",
+        f"- sampler: `{sampler}`, {getattr(model, 'sampler_steps', '?')} steps, guidance scale {getattr(model, 'guidance_scale', 'n/a')}",
+        f"- diagnoses: {', '.join(info.class_names)}; attributes: {', '.join(info.attribute_names) or 'none'}",
+    ]
+    if text:
+        lines += [
+            f"- text encoder: `{text}` (frozen; `text_encoder/`, `tokenizer/`); cross-attention on its token states",
+            "- global conditioning (`class_labels` of the UNet): fused PCA codes of the pooled text embedding and a CNN "
+            "image code (`fusion/`); rebuilding it needs DermSynth's `models.fusion`",
+        ]
+    lines += [
+        "",
+        "```python",
+        "from diffusers import DDIMScheduler, " + unet_cls,
+        f'unet = {unet_cls}.from_pretrained(DIR, subfolder="unet")',
+        'scheduler = DDIMScheduler.from_pretrained(DIR, subfolder="scheduler")',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+    unknown = set(args) - {"ckpt", "out", "use_ema"}
+    if "ckpt" not in args or "out" not in args or unknown:
+        raise SystemExit(f"{USAGE}" + (f" (unknown keys: {sorted(unknown)})" if unknown else ""))
+    from models.checkpoint import load_generator
+
+    model = load_generator(args["ckpt"], use_ema=args.get("use_ema", "true").lower() != "false")
+    out = export_model(model, args["out"])
+    print(f"exported to {out.absolute()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Draw images from a trained generator into a folder that is itself a data set.
+
+    python -m experiments.generate ckpt=PATH prompt="..." num_images=64 out=DIR
+    python -m experiments.generate ckpt=PATH prompts=prompts.txt num_images=100 out=DIR seed=3
+    python -m experiments.generate ckpt=PATH balanced=true num_images=1000 out=DIR guidance_scale=2 sampler.steps=25
+
+Writes ``00000.png ...`` (names never come from prompts), ``metadata.csv`` (file, prompt, seed,
+guidance, sampler, steps), ``captions.csv`` (file, caption, label: the ``folder`` source format,
+so ``data=folder data.root=DIR`` trains or evaluates on it) and, where labels are known,
+``ham10000_metadata.csv`` (image_id, lesion_id, dx, dx_type, ...). Settings: configs/generate.yaml.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from experiments import CONFIG_DIR
+from models.generative import GenerativeModule
+
+
+def load_reference(path: str | Path, size: int) -> Tensor:
+    """A reference image file -> (1, 3, size, size) in [-1, 1] (short side resized, centre crop)."""
+    from datamodules.transforms import square
+
+    try:
+        with Image.open(path) as image:
+            array = square(image.convert("RGB"), size)
+    except OSError as error:
+        raise ValueError(f"cannot read reference image {path}: {error}") from error
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def prompt_conditions(model: GenerativeModule, prompts: list[str]) -> dict[str, Any]:
+    """Conditions for free prompts: captions plus whatever label/attributes/skin tone they name."""
+    from datamodules.captions import parse_caption
+
+    info = model.data_info
+    parsed = [parse_caption(p, info) for p in prompts]
+    return {
+        "caption": list(prompts),
+        "label": torch.tensor([p.get("label", -1) for p in parsed]),
+        "attributes": {n: torch.tensor([p.get("attributes", {}).get(n, -1) for p in parsed]) for n in info.attribute_names},
+        "skin_tone": torch.tensor([p.get("skin_tone", 0) for p in parsed]),
+    }
+
+
+def apply_sampling_settings(model: GenerativeModule, guidance_scale: float | None, sampler: str | None, steps: int | None) -> None:
+    """Override the model's guidance and sampler; a model without such a setting fails clearly."""
+    for attribute, value in (("guidance_scale", guidance_scale), ("sampler_name", sampler), ("sampler_steps", steps)):
+        if value is None:
+            continue
+        if not hasattr(model, attribute):
+            raise ValueError(f"{type(model).__name__} has no '{attribute}' setting to override")
+        if attribute == "sampler_name":
+            from models.diffusion import sampler_name
+
+            value = sampler_name(str(value))
+        setattr(model, attribute, type(getattr(model, attribute))(value))
+
+
+@torch.no_grad()
+def generate_images(
+    model: GenerativeModule,
+    out: str | Path,
+    conditions: dict[str, Any] | None,
+    num_images: int,
+    seed: int = 0,
+    batch_size: int = 32,
+    reference: Tensor | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Generate ``num_images`` into ``out`` and write the CSVs; returns the metadata rows.
+
+    ``conditions`` holds ``num_images`` rows (or None for an unconditional model); batch b uses
+    ``torch.Generator().manual_seed(seed + b)``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    sampler, steps = getattr(model, "sampler_name", ""), getattr(model, "sampler_steps", "")
+    guidance = getattr(model, "guidance_scale", "")
+    for batch_index, start in enumerate(tqdm(range(0, num_images, batch_size), disable=not progress, desc="generate")):
+        count = min(batch_size, num_images - start)
+        chunk = None if conditions is None else _take(conditions, slice(start, start + count))
+        if chunk is not None and reference is not None:
+            chunk["reference"] = reference.expand(count, -1, -1, -1).to(model.device)
+        images = model.generate(chunk, count, generator=torch.Generator().manual_seed(seed + batch_index))
+        pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        for row in range(count):
+            name = f"{start + row:05d}.png"
+            Image.fromarray(pixels[row]).save(out / name)
+            label = int(chunk["label"][row]) if chunk is not None and "label" in chunk else -1
+            rows.append({
+                "file": name,
+                "prompt": chunk["caption"][row] if chunk is not None else "",
+                "seed": seed + batch_index,
+                "guidance": guidance,
+                "sampler": sampler,
+                "steps": steps,
+                "label": model.data_info.class_names[label] if label >= 0 else "",
+            })
+    _write_csv(out / "metadata.csv", rows, ["file", "prompt", "seed", "guidance", "sampler", "steps"])
+    _write_csv(out / "captions.csv", [{"file": r["file"], "caption": r["prompt"], "label": r["label"]} for r in rows], ["file", "caption", "label"])
+    if rows and all(r["label"] for r in rows):
+        ham = [{"image_id": Path(r["file"]).stem, "lesion_id": f"synthetic_{Path(r['file']).stem}", "dx": r["label"], "dx_type": "synthetic",
+                "age": "", "sex": "", "localization": ""} for r in rows]
+        _write_csv(out / "ham10000_metadata.csv", ham, ["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization"])
+    return rows
+
+
+def _take(conditions: dict[str, Any], rows: slice) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in conditions.items():
+        out[key] = _take(value, rows) if isinstance(value, dict) else value[rows]
+    return out
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_config(argv: list[str]) -> DictConfig:
+    """configs/generate.yaml with ``key=value`` overrides; an unknown key fails listing the valid ones."""
+    base = OmegaConf.load(CONFIG_DIR / "generate.yaml")
+    OmegaConf.set_struct(base, True)
+    try:
+        return OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
+    except Exception as error:
+        raise SystemExit(f"{error}\nvalid keys: {', '.join(base.keys())} (sampler.name, sampler.steps)") from None
+
+
+def build_conditions(model: GenerativeModule, cfg: DictConfig) -> dict[str, Any] | None:
+    if model.conditioning == "none":
+        return None
+    if cfg.balanced:
+        from hydra.utils import instantiate
+
+        if not model.run_config or "data" not in model.run_config:
+            raise ValueError("balanced=true needs the run's data config in the checkpoint")
+        datamodule = instantiate(OmegaConf.create(model.run_config)["data"])
+        datamodule.prepare_data()
+        datamodule.setup()
+        return datamodule.sample_conditions(cfg.num_images, seed=cfg.seed)
+    if cfg.prompts:
+        lines = [l.strip() for l in Path(cfg.prompts).read_text().splitlines() if l.strip()]
+        if not lines:
+            raise ValueError(f"prompts file {cfg.prompts} has no prompts")
+    elif cfg.prompt:
+        lines = [str(cfg.prompt)]
+    else:
+        raise ValueError(f"{type(model).__name__} is conditional: give prompt=..., prompts=FILE or balanced=true")
+    return prompt_conditions(model, [lines[i % len(lines)] for i in range(cfg.num_images)])
+
+
+def generate(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Load ``cfg.ckpt`` and write ``cfg.num_images`` images to ``cfg.out``."""
+    from models.checkpoint import load_generator
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    model = load_generator(cfg.ckpt, use_ema=cfg.use_ema, map_location=device)
+    apply_sampling_settings(model, cfg.guidance_scale, cfg.sampler.name, cfg.sampler.steps)
+    reference = load_reference(cfg.reference, model.image_size) if cfg.reference else None
+    conditions = build_conditions(model, cfg)
+    return generate_images(model, cfg.out, conditions, cfg.num_images, cfg.seed, cfg.batch_size, reference, cfg.progress)
+
+
+def main() -> None:
+    rows = generate(read_config(sys.argv[1:]))
+    print(f"wrote {len(rows)} images and metadata.csv to {Path(read_config(sys.argv[1:]).out).absolute()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

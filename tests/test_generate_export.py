@@ -1,0 +1,80 @@
+"""experiments.generate writes a data set folder; experiments.export loads with plain diffusers."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from experiments.export import export_model
+from experiments.generate import apply_sampling_settings, generate_images, prompt_conditions, read_config
+from models.hybrid import HybridDiffusion
+from tests.test_hybrid import build, make_batch
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> HybridDiffusion:
+    model = build(tmp_path_factory.mktemp("gen_cache"))
+    model.fit_fusion([make_batch(24, seed=1, with_index=True)])
+    return model.eval()
+
+
+def test_generate_writes_images_and_metadata(model: HybridDiffusion, tmp_path: Path) -> None:
+    prompts = ["malignant lesion with an irregular border on Fitzpatrick type V skin", "normal skin; rm -rf / <b>"]
+    conditions = prompt_conditions(model, [prompts[i % 2] for i in range(5)])
+    assert conditions["label"].tolist() == [1, 2, 1, 2, 1] and conditions["skin_tone"][0] == 5
+    apply_sampling_settings(model, guidance_scale=2.0, sampler="dpm++", steps=3)
+    try:
+        rows = generate_images(model, tmp_path / "out", conditions, 5, seed=4, batch_size=2)
+    finally:
+        apply_sampling_settings(model, guidance_scale=3.0, sampler="ddim", steps=4)
+    files = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert files == [f"{i:05d}.png" for i in range(5)]  # names never come from prompts
+    assert Image.open(tmp_path / "out" / files[0]).size == (16, 16)
+    with (tmp_path / "out" / "metadata.csv").open() as handle:
+        metadata = list(csv.DictReader(handle))
+    assert [r["prompt"] for r in metadata] == [prompts[i % 2] for i in range(5)]
+    assert {r["sampler"] for r in metadata} == {"dpm_solver++"} and {r["steps"] for r in metadata} == {"3"}
+    assert [r["seed"] for r in metadata] == ["4", "4", "5", "5", "6"] and metadata[0]["guidance"] == "2.0"
+    with (tmp_path / "out" / "captions.csv").open() as handle:
+        captions = list(csv.DictReader(handle))
+    assert captions[0] == {"file": "00000.png", "caption": prompts[0], "label": "malignant"}
+    assert (tmp_path / "out" / "ham10000_metadata.csv").is_file()
+    assert len(rows) == 5
+
+
+def test_generate_is_reproducible(model: HybridDiffusion, tmp_path: Path) -> None:
+    conditions = prompt_conditions(model, ["benign lesion"] * 2)
+    generate_images(model, tmp_path / "a", conditions, 2, seed=1)
+    generate_images(model, tmp_path / "b", conditions, 2, seed=1)
+    assert (tmp_path / "a" / "00001.png").read_bytes() == (tmp_path / "b" / "00001.png").read_bytes()
+
+
+def test_generate_config_rejects_unknown_keys() -> None:
+    cfg = read_config(["ckpt=x.ckpt", "out=dir", "prompt=a benign lesion", "sampler.steps=10"])
+    assert cfg.sampler.steps == 10 and cfg.prompt == "a benign lesion"
+    with pytest.raises(SystemExit, match="valid keys"):
+        read_config(["ckpt=x", "out=y", "num_imgs=3"])
+
+
+def test_export_loads_with_plain_diffusers(model: HybridDiffusion, tmp_path: Path) -> None:
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import AutoModel, AutoTokenizer
+
+    out = export_model(model, tmp_path / "export")
+    unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
+    scheduler = DDIMScheduler.from_pretrained(out, subfolder="scheduler")
+    assert scheduler.config.beta_schedule == model.noise.config["beta_schedule"]
+    assert scheduler.config.prediction_type == model.noise.prediction_type
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 500])
+    conditioning = model.encode_conditions({k: v for k, v in make_batch(2).items() if k != "image"}, 2)
+    kwargs = dict(encoder_hidden_states=conditioning["tokens"], encoder_attention_mask=conditioning["mask"], class_labels=conditioning["global"])
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x, t, **kwargs).sample, model.unet(x, t, **kwargs).sample)
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    encoder = AutoModel.from_pretrained(out / "text_encoder")
+    assert encoder.config.hidden_size == 384 and tokenizer("a lesion")["input_ids"]
+    assert (out / "fusion" / "fusion.safetensors").is_file() and (out / "README.md").read_text().startswith("# DermSynth")
