@@ -24,6 +24,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from omegaconf import OmegaConf  # noqa: E402
+
 from evaluation.schema import read_metrics_json  # noqa: E402
 
 DASH = "—"
@@ -71,8 +73,20 @@ def collect_runs(root: Path) -> list[dict[str, Any]]:
         metrics = read_metrics_json(path)
         details_path = path.parent / "eval" / "details.json"
         details = json.loads(details_path.read_text()) if details_path.is_file() else {}
-        runs.append({"dir": path.parent, "metrics": metrics, "figures": figures_of(path.parent, metrics), "details": details})
+        runs.append({
+            "dir": path.parent, "metrics": metrics, "figures": figures_of(path.parent, metrics),
+            "details": details, "ablation": ablation_of(path.parent),
+        })
     return runs
+
+
+def ablation_of(run_dir: Path) -> str | None:
+    """The ablation study a run belongs to (``ablation:`` in its config.yaml), or None."""
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return None
+    study = OmegaConf.load(config).get("ablation")
+    return None if study is None else str(study)
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
@@ -90,16 +104,11 @@ def cell(mean: float | None, std: float | None, count: int, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if count > 1 else f"{mean:.{digits}f}"
 
 
-def build_report(root: str | Path) -> Path:
-    """Write ``report.md``, ``report.csv`` and ``plots/`` under ``root``; return the report.md path."""
-    root = Path(root)
-    runs = collect_runs(root)
-    if not runs:
-        raise FileNotFoundError(f"no metrics.json under {root}")
+def group_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per ``exp``: mean ± std of every column over its runs (seeds)."""
     by_exp: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         by_exp[str(run["metrics"].get("exp") or run["dir"].name)].append(run)
-
     rows = []
     for exp, group in sorted(by_exp.items()):
         row = {"exp": exp, "seeds": sorted({r["metrics"].get("seed") for r in group}, key=str), "runs": len(group)}
@@ -107,7 +116,27 @@ def build_report(root: str | Path) -> Path:
             row[key] = mean_std([r["figures"].get(key) for r in group])
         row["feature_extractor"] = sorted({str(r["metrics"].get("feature_extractor")) for r in group})
         rows.append(row)
+    return rows
 
+
+def table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| exp | seeds | " + " | ".join(title for title, _, _ in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for row in rows:
+        cells = [cell(*row[key], digits) for _, key, digits in COLUMNS]
+        lines.append(f"| {row['exp']} | {','.join(map(str, row['seeds']))} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def build_report(root: str | Path) -> Path:
+    """Write ``report.md``, ``report.csv`` and ``plots/`` under ``root``; return the report.md path."""
+    root = Path(root)
+    runs = collect_runs(root)
+    if not runs:
+        raise FileNotFoundError(f"no metrics.json under {root}")
+    rows = group_rows([r for r in runs if r["ablation"] is None] or runs)
     extractors = sorted({e for row in rows for e in row["feature_extractor"]})
     floors = [r["details"]["fd_floor"]["fid"] for r in runs if isinstance(r["details"].get("fd_floor"), dict)]
     floor = mean_std(floors)
@@ -120,12 +149,12 @@ def build_report(root: str | Path) -> Path:
         "Mean ± std over seeds; — = the model cannot have this figure. Cond. acc. is judged by the domain classifier"
         " and only means something beside its FD.",
         "",
-        "| exp | seeds | " + " | ".join(title for title, _, _ in COLUMNS) + " |",
-        "|---|---|" + "---|" * len(COLUMNS),
+        *table_lines(rows),
     ]
-    for row in rows:
-        cells = [cell(*row[key], digits) for _, key, digits in COLUMNS]
-        lines.append(f"| {row['exp']} | {','.join(map(str, row['seeds']))} | " + " | ".join(cells) + " |")
+    studies = sorted({r["ablation"] for r in runs if r["ablation"] is not None})
+    for study in studies:
+        lines += ["", f"## Ablation: {study}", "", *table_lines(group_rows([r for r in runs if r["ablation"] == study]))]
+    rows = group_rows(runs)
     plot_dir = root / "plots"
     plots = make_plots(rows, runs, plot_dir)
     lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]

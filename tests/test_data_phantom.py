@@ -111,3 +111,19 @@ def test_uci_palette_matches_the_built_in_one(shared_data) -> None:
     palette = uci_palette(str(path))
     np.testing.assert_allclose(palette[:5], SKIN_PALETTE[:5], atol=0.01)
     np.testing.assert_allclose(palette[5] * 0.8, SKIN_PALETTE[5], atol=0.01)  # type VI darkened by 20 %
+
+
+def test_packed_collate_equals_default_collate(tmp_path) -> None:
+    from torch.utils.data import default_collate
+
+    from datamodules.skin import collate_batch
+
+    dm = small(cache_dir=tmp_path, augment=False, with_reference=True)
+    dm.setup()
+    items = [dm.train_set[i] for i in range(6)]
+    packed, default = collate_batch(items), default_collate(items)
+    torch.testing.assert_close(packed["image"], default["image"])
+    for key in ("label", "skin_tone"):
+        assert packed[key].is_contiguous() and torch.equal(packed[key], default[key])
+    assert all(torch.equal(packed["attributes"][k], default["attributes"][k]) for k in default["attributes"])
+    assert packed["caption"] == default["caption"] and packed["reference"].shape == default["reference"].shape

@@ -52,3 +52,16 @@ def test_report_table_csv_and_plots(tmp_path: Path) -> None:
 def test_report_without_runs_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         build_report(tmp_path)
+
+
+def test_ablation_runs_get_their_own_table(tmp_path: Path) -> None:
+    _run(tmp_path, "hybrid", 0, fid=10.0, ssim=0.5, cond=0.8)
+    for enabled, fid in (("True", 9.0), ("False", 11.0)):
+        exp = f"ablation-fusion-{enabled}"
+        _run(tmp_path, exp, 0, fid=fid, ssim=0.5, cond=0.7)
+        (tmp_path / exp / "run_0" / "config.yaml").write_text("ablation: fusion\n")
+    report = build_report(tmp_path).read_text()
+    main_table, ablation_table = report.split("## Ablation: fusion")
+    assert "| hybrid" in main_table and "ablation-fusion" not in main_table
+    assert "| ablation-fusion-True | 0 | 9.00" in ablation_table
+    assert "| ablation-fusion-False | 0 | 11.00" in ablation_table
