@@ -32,7 +32,7 @@ from evaluation.judge import Judge, load_or_train_judge
 from evaluation.memorization import memorization_report, save_pairs
 from evaluation.reconstruction import reconstruction_metrics
 from evaluation.schema import METRIC_KEYS, empty_metrics
-from models.classifier import SKIN_TONE_HEAD, batch_targets
+from models.classifier import ATTRIBUTE_PREFIX, LABEL_HEAD, SKIN_TONE_HEAD, batch_targets
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +216,36 @@ def evaluate_generator(model: Any, datamodule: Any, eval_cfg: Any, out_dir: str 
 
     if rank == 0:
         save_pairs(images[:64], eval_dir / "samples.png") if images.shape[0] else None
-        if conditions is not None:
-            (eval_dir / "samples.json").write_text(json.dumps({"nrow": 8, "captions": list(conditions["caption"][:64])}, indent=1))
+        write_sample_table(images[:64], conditions, judge_logits, info, eval_dir)
         (eval_dir / "details.json").write_text(json.dumps(details, indent=1, default=str))
     return metrics
+
+
+def write_sample_table(images: Tensor, conditions: dict[str, Any] | None, judge_logits: dict[str, Tensor], info: Any, eval_dir: Path) -> None:
+    """``eval/samples/<i>.png`` plus ``eval/samples.json``: each sample's prompt and what the judge reads in it.
+
+    The runner turns these into a W&B table (image, prompt, predicted attributes).
+    """
+    from torchvision.utils import save_image
+
+    sample_dir = eval_dir / "samples"
+    sample_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, image in enumerate(images):
+        save_image((image.float().cpu().clamp(-1, 1) + 1) / 2, sample_dir / f"{i:03d}.png")
+        predicted = {}
+        for head, logits in judge_logits.items():
+            index = int(logits[i].argmax())
+            if head == LABEL_HEAD:
+                predicted["diagnosis"] = info.class_names[index]
+            elif head == SKIN_TONE_HEAD:
+                predicted["skin_tone"] = index + 1
+            elif head.startswith(ATTRIBUTE_PREFIX):
+                name = head[len(ATTRIBUTE_PREFIX):]
+                predicted[name] = info.attribute_classes[name][index]
+        caption = str(conditions["caption"][i]) if conditions is not None else None
+        rows.append({"file": f"samples/{i:03d}.png", "caption": caption, "predicted": predicted})
+    (eval_dir / "samples.json").write_text(json.dumps({"nrow": 8, "captions": [r["caption"] for r in rows], "samples": rows}, indent=1))
 
 
 def fd_floor(extractor: FeatureExtractor, datamodule: Any, eval_cfg: Any, test_feats: Tensor, progress: bool) -> dict[str, Any]:

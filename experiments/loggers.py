@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,7 @@ def _build_wandb(cfg: DictConfig, logger_cfg: DictConfig, output_dir: Path) -> W
     if id_file.exists():
         run_id = id_file.read_text().strip()
     else:
-        import wandb.util
-
-        run_id = wandb.util.generate_id()
+        run_id = uuid.uuid4().hex[:8]
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)
     tags = [f"seed:{cfg.seed}", f"data:{cfg.data.source}", f"budget:{cfg.budget_name}", *cfg.get("tags", [])]

@@ -143,6 +143,7 @@ def finish(trainer: L.Trainer, metrics: dict[str, Any], output_dir: Path) -> Non
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(scalars)
+            log_sample_table(logger, output_dir / "eval")
         elif scalars:
             logger.log_metrics(scalars, step=trainer.global_step)
         logger.finalize("success")
@@ -153,6 +154,21 @@ def finish(trainer: L.Trainer, metrics: dict[str, Any], output_dir: Path) -> Non
     if trainer.is_global_zero:
         headline = {k: metrics.get(k) for k in ("feature_extractor", "fid", "kid_mean", "precision", "recall", "cond_accuracy")}
         print(f"Run folder: {output_dir}\nMetrics: {json.dumps(headline, default=_round)}", flush=True)
+
+
+def log_sample_table(logger: WandbLogger, eval_dir: Path) -> None:
+    """A W&B table of the evaluated samples: image, prompt and the attributes the judge reads."""
+    index = eval_dir / "samples.json"
+    if not index.is_file():
+        return
+    import wandb
+
+    rows = json.loads(index.read_text()).get("samples", [])
+    columns = sorted({key for row in rows for key in row["predicted"]})
+    table = wandb.Table(columns=["image", "prompt", *[f"predicted_{c}" for c in columns]])
+    for row in rows:
+        table.add_data(wandb.Image(str(eval_dir / row["file"])), row["caption"], *[row["predicted"].get(c) for c in columns])
+    logger.experiment.log({"eval/samples": table})
 
 
 def _round(value: Any) -> Any:

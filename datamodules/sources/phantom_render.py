@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-RENDERER_VERSION = 5  # bump when pixels change: it keys the on-disk cache
+RENDERER_VERSION = 6  # bump when pixels change: it keys the on-disk cache
 RENDER_MIN = 64
 
 # Fitzpatrick I-VI skin colours (RGB in [0, 1]): medians of the UCI "Skin Segmentation" skin pixels
@@ -143,11 +143,12 @@ def render(spec: LesionSpec | None, skin_tone: int, hair: bool, size: int, rng: 
 
 def skin(rng: np.random.Generator, noise: NoiseBank, x: np.ndarray, y: np.ndarray, s: int, tone: int) -> np.ndarray:
     """Skin of Fitzpatrick ``tone`` (1-6): blotchy tone, redness, surface creases and pores."""
-    base = SKIN_PALETTE[tone - 1] * rng.uniform(0.94, 1.04, 3) * np.array([1.0, 0.95, 0.93])
+    # Under a contact dermoscope skin looks pinker than in daylight: blood shows through the gel.
+    base = SKIN_PALETTE[tone - 1] * rng.uniform(0.94, 1.04, 3) * np.array([1.02, 0.88, 0.92])
     image = np.broadcast_to(base.astype(np.float32), (s, s, 3)).copy()
-    image *= (1 + 0.07 * noise(3))[..., None]
-    redness = np.clip(noise(2), 0, None)[..., None] * rng.uniform(0.0, 0.12)
-    image += redness * np.array([0.25, -0.35, -0.25], np.float32)
+    image *= (1 + 0.09 * noise(3))[..., None]
+    redness = np.clip(noise(2) + 0.3, 0, None)[..., None] * rng.uniform(0.02, 0.16)
+    image += redness * np.array([0.2, -0.3, -0.15], np.float32)
     # Surface creases: two families of fine lines, the rhomboid pattern of skin under a lens.
     warp = noise(3) * 0.6
     for _ in range(2):
@@ -194,7 +195,8 @@ def lesion(rng: np.random.Generator, noise: NoiseBank, x: np.ndarray, y: np.ndar
     boundary = table.astype(np.float32)[((theta + np.pi) / (2 * np.pi) * ANGLES.size).astype(int) % ANGLES.size]
     t = r / boundary  # 0 at the centre, 1 on the border
     edge = rng.uniform(0.008, 0.02) if spec.irregularity > 0.5 else rng.uniform(0.03, 0.05)
-    inside = sigmoid((boundary - r) / max(edge, pixel * 0.5))
+    fringe = 1 + 0.05 * noise(4) * (1 + spec.irregularity)  # feathery, uneven margin
+    inside = sigmoid((boundary * fringe - r) / max(edge, pixel * 0.5))
 
     # Colour zones: concentric rings (darkest inside) when symmetric, warped Voronoi patches otherwise.
     colours = sorted(spec.colours, key=lambda c: list(DARKNESS_ORDER).index(c))
@@ -213,7 +215,7 @@ def lesion(rng: np.random.Generator, noise: NoiseBank, x: np.ndarray, y: np.ndar
         weights = softmax(-(np.sqrt(u * u + v * v) + warp[None]) / 0.07)
     tint = np.clip(0.7 + 0.35 * image.mean(-1, keepdims=True) / 0.7, 0.75, 1.1)  # lesions darker on dark skin
     colour = np.tensordot(weights, PIGMENTS[colours], axes=(0, 0)) * tint  # (H, W, 3)
-    colour *= (1 + 0.18 * noise(4))[..., None]  # mottled pigment
+    colour *= (1 + 0.22 * noise(4) + 0.1 * (1 - np.clip(t, 0, 1)) ** 2)[..., None]  # mottled pigment, lighter centre glow
     density = np.tensordot(weights, OPACITY[colours], axes=(0, 0)) * (0.9 + 0.1 * noise(3))
     alpha = inside * np.clip(density, 0, 1)
 
