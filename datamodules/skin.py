@@ -184,8 +184,8 @@ class SkinDataModule(L.LightningDataModule):
         self._info: DataInfo | None = None
 
     def prepare_data(self) -> None:
-        """Build the caches (rank 0 of each node under DDP); ``setup`` then only maps them."""
-        self._load(self.request)
+        """Build the caches (rank 0 of each node under DDP); ``setup`` on the other ranks then only maps them."""
+        self.setup()
 
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:

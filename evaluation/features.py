@@ -116,6 +116,9 @@ def extract(
     extractor: FeatureExtractor, images: Tensor, batch_size: int = 128, progress: bool = False, desc: str = "features"
 ) -> tuple[Tensor, Tensor]:
     """Features (N, D) and logits (N, K) of ``images`` in batches."""
+    if images.shape[0] == 0:  # an empty DDP shard: shapes from one dummy image, no rows
+        f, l = extractor(torch.zeros(1, *images.shape[1:], device=images.device, dtype=images.dtype))
+        return f[:0], l[:0]
     features, logits = [], []
     for start in tqdm(range(0, images.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
         f, l = extractor(images[start : start + batch_size])

@@ -12,6 +12,7 @@ The CSV is ``root/captions.csv`` or ``data.csv=FILE``. Attributes and skin tone 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from datamodules.info import DataInfo
 from datamodules.sources.base import SPLITS, SourceRequest, SourceTable, SplitTable, check_nonempty, stratified_split, subsample
 from datamodules.sources.decode import decode_split
 
+log = logging.getLogger(__name__)
 REQUIRED = ("file", "caption")
 
 
@@ -75,6 +77,8 @@ def load(request: SourceRequest) -> SourceTable:
     absent = [str(f) for f in files if not f.is_file()]
     if absent and request.on_bad_image != "skip":
         raise FileNotFoundError(f"folder: {len(absent)} file(s) listed in {path} do not exist, e.g. {absent[:5]}")
+    if absent:
+        log.warning("folder: skipping %d file(s) listed in %s that do not exist: %s", len(absent), path, absent[:20])
     present = np.array([f.is_file() for f in files], bool)
     if "split" in table.columns:
         names = table["split"].astype(str).str.strip().str.lower()

@@ -11,6 +11,7 @@ its classes from ``class_names`` or, when that is not given, from the codes foun
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ HAM_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 REQUIRED = ("image_id", "lesion_id", "dx")
 OPTIONAL = ("dx_type", "age", "sex", "localization")
 CSV_NAMES = ("HAM10000_metadata.csv", "HAM10000_metadata", "metadata.csv")
+log = logging.getLogger(__name__)
 UNKNOWN = {"", "unknown", "nan", "none", "unk"}
 
 
@@ -83,6 +85,8 @@ def load(request: SourceRequest, source: str = "ham10000") -> SourceTable:
     if missing and request.on_bad_image != "skip":
         raise FileNotFoundError(f"{source}: {len(missing)} image(s) named in {path} are not under {root}, e.g. "
                                 f"{missing[:5]} (set data.on_bad_image=skip to drop them)")
+    if missing:
+        log.warning("%s: skipping %d image(s) named in %s but not found under %s: %s", source, len(missing), path, root, missing[:20])
     vocab = {
         "localization": tuple(known(table["localization"])) if "localization" in table else (),
         "sex": ("female", "male"),

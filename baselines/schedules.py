@@ -1,0 +1,43 @@
+"""Learning-rate schedules of the baselines, as ``LambdaLR`` multipliers stepped once per batch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``.
+
+    ``total_steps <= 0`` (no ``trainer.max_steps``) keeps the rate constant after warm-up.
+    """
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        if total_steps <= warmup_steps:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+def linear_decay(optimizer: torch.optim.Optimizer, total_steps: int, final_fraction: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear decay from the base rate to ``final_fraction`` of it at ``total_steps`` (SNGAN, Miyato et al. 2018).
+
+    ``total_steps <= 0`` keeps the rate constant.
+    """
+
+    def multiplier(step: int) -> float:
+        if total_steps <= 0:
+            return 1.0
+        return 1.0 - (1.0 - final_fraction) * min(1.0, step / total_steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+def total_steps(trainer: object | None) -> int:
+    """``trainer.max_steps`` when set (Lightning uses -1 for "unset"), else 0."""
+    steps = int(getattr(trainer, "max_steps", -1) or -1) if trainer is not None else -1
+    return max(0, steps)
