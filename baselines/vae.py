@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.conditioning import ConditionEmbedding
-from baselines.schedules import total_steps, warmup_cosine
+from baselines.schedules import with_warmup_cosine
 from datamodules.info import DataInfo
 from models.generative import Conditions, GenerativeModule
 
@@ -62,7 +62,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(B, latent_dim) -> (B, 3, H, W); nearest upsampling + conv (no checkerboard of transposed convs)."""
+    """(B, latent_dim) -> (B, 3, H, W); conv then nearest upsampling per level (no transposed-conv
+    checkerboards), widths change before each upsampling so the full-resolution convs stay narrow."""
 
     def __init__(self, image_size: int, channels: Sequence[int], latent_dim: int, condition_dim: int, groups: int) -> None:
         super().__init__()
@@ -72,9 +73,9 @@ class Decoder(nn.Module):
         layers: list[nn.Module] = []
         previous = widths[0]
         for width in widths:
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), _block(previous, width, groups), _block(width, width, groups)]
+            layers += [_block(previous, width, groups), nn.Upsample(scale_factor=2, mode="nearest")]
             previous = width
-        self.body = nn.Sequential(*layers, nn.Conv2d(previous, 3, 3, padding=1))
+        self.body = nn.Sequential(*layers, _block(previous, previous, groups), nn.Conv2d(previous, 3, 3, padding=1))
 
     def forward(self, latent: Tensor, condition: Tensor | None) -> Tensor:
         if condition is not None:
@@ -196,9 +197,7 @@ class VAE(GenerativeModule):
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))
-        optimizer = factory(self.parameters())
-        schedule = warmup_cosine(optimizer, self.warmup_steps, total_steps(self._trainer))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return with_warmup_cosine(factory(self.parameters()), self.warmup_steps, self._trainer)
 
     # ---------------------------------------------------------------------------------------
     # the GenerativeModule contract

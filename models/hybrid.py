@@ -159,8 +159,8 @@ class HybridDiffusion(GenerativeModule):
             codes = self.fusion.visual_code(self.fusion.image_features(torch.as_tensor(reference)))
         return codes
 
-    def encode_conditions(self, conditions: Conditions, count: int, training: bool = False) -> dict[str, Tensor]:
-        """UNet conditioning of ``count`` rows: tokens (B, L, H), mask (B, L), global vector (B, D)."""
+    def encode_conditions(self, conditions: Conditions, training: bool = False) -> dict[str, Tensor]:
+        """UNet conditioning of the rows of ``conditions``: tokens (B, L, H), mask (B, L), global (B, D)."""
         captions = list(conditions["caption"])
         text = self.text_encoder(captions, device=self.device)
         labels, attributes = self._condition_targets(conditions, captions)
@@ -231,7 +231,7 @@ class HybridDiffusion(GenerativeModule):
     def _step(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         images = batch["image"]
         count = images.shape[0]
-        conditioning = self.encode_conditions(batch, count, training=self.training)
+        conditioning = self.encode_conditions(batch, training=self.training)
         dropped = torch.zeros(count, dtype=torch.bool, device=self.device)
         if self.training and self.drop_prob > 0:
             dropped = torch.rand(count, device=self.device) < self.drop_prob
@@ -380,7 +380,7 @@ class HybridDiffusion(GenerativeModule):
         else:
             if len(conditions["caption"]) != num_images:
                 raise ValueError(f"conditions hold {len(conditions['caption'])} captions for {num_images} images")
-            denoise = self._guided(self.encode_conditions(conditions, num_images), num_images)
+            denoise = self._guided(self.encode_conditions(conditions), num_images)
         shape = (num_images, 3, self.image_size, self.image_size)
         return self.noise.sample(
             denoise, shape, sampler=self.sampler_name, steps=self.sampler_steps, generator=generator, device=self.device, progress=progress
@@ -390,7 +390,7 @@ class HybridDiffusion(GenerativeModule):
     def reconstruct(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
         images = batch["image"].to(self.device)
         conditions = {k: v for k, v in batch.items() if k not in ("image", "reference")}
-        denoise = self._guided(self.encode_conditions(conditions, images.shape[0]), images.shape[0])
+        denoise = self._guided(self.encode_conditions(conditions), images.shape[0])
         return self.noise.reconstruct(
             denoise, images, strength=self.recon_strength, sampler=self.sampler_name, steps=self.sampler_steps, generator=generator
         )

@@ -70,7 +70,7 @@ def test_export_loads_with_plain_diffusers(model: HybridDiffusion, tmp_path: Pat
     assert scheduler.config.beta_schedule == model.noise.config["beta_schedule"]
     assert scheduler.config.prediction_type == model.noise.prediction_type
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 500])
-    conditioning = model.encode_conditions({k: v for k, v in make_batch(2).items() if k != "image"}, 2)
+    conditioning = model.encode_conditions({k: v for k, v in make_batch(2).items() if k != "image"})
     kwargs = dict(encoder_hidden_states=conditioning["tokens"], encoder_attention_mask=conditioning["mask"], class_labels=conditioning["global"])
     with torch.no_grad():
         torch.testing.assert_close(unet(x, t, **kwargs).sample, model.unet(x, t, **kwargs).sample)

@@ -82,9 +82,14 @@ class SourceTable:
     splits: dict[str, SplitTable]
 
     def fingerprint(self) -> str:
-        """Short hash of source, size, vocabulary and split membership (keys caches of derived results)."""
+        """Short hash of source, size, vocabulary, split membership and pixels (keys caches of derived results).
+
+        The image cache file names carry the content key (renderer version, preprocessing, file
+        stats), so a changed phantom renderer or re-processed photos never reuse a stale judge.
+        """
         text = json.dumps({"info": {**self.info.to_dict(), "fingerprint": ""},
-                           "splits": {k: v.image_ids for k, v in self.splits.items()}}, sort_keys=True)
+                           "splits": {k: v.image_ids for k, v in self.splits.items()},
+                           "pixels": {k: v.images.path.name for k, v in self.splits.items()}}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 

@@ -7,7 +7,7 @@ blue-white veil), hair over everything, then uneven lighting and the dark circul
 the lens. Each attribute changes something a classifier can see even at 32 px, because a judge
 network scores generated images against these attributes.
 
-Images are rendered at ``RENDER_MIN`` px or more and area-averaged down (anti-aliasing).
+Images smaller than ``RENDER_MIN`` px are drawn at that size and area-averaged down (anti-aliasing).
 Coordinates run over [-1, 1] across the field of view.
 """
 
@@ -19,9 +19,10 @@ from functools import lru_cache
 import math
 
 import numpy as np
+from PIL import Image
 
-RENDERER_VERSION = 6  # bump when pixels change: it keys the on-disk cache
-RENDER_MIN = 64
+RENDERER_VERSION = 8  # bump when pixels change: it keys the on-disk cache
+RENDER_MIN = 48  # supersampling floor: small images are drawn at 48 px and area-averaged down
 
 # Fitzpatrick I-VI skin colours (RGB in [0, 1]): medians of the UCI "Skin Segmentation" skin pixels
 # at luminance quantiles 0.95, 0.8, 0.6, 0.4, 0.2, 0.04 (see ``uci_palette``), so the phantom needs
@@ -122,11 +123,8 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def render(spec: LesionSpec | None, skin_tone: int, hair: bool, size: int, rng: np.random.Generator) -> np.ndarray:
     """One image (size, size, 3) uint8; ``spec=None`` renders normal skin without a lesion."""
-    factor = max(1, -(-RENDER_MIN // size))
-    s = size * factor
-    y, x = np.mgrid[0:s, 0:s].astype(np.float32)  # float32 throughout: twice the speed of float64
-    x = (x + 0.5) / s * 2 - 1
-    y = (y + 0.5) / s * 2 - 1
+    s = max(size, RENDER_MIN)
+    x, y = field_grid(s)
     pixel = 2.0 / s
 
     noise = NoiseBank(rng, s)
@@ -136,9 +134,20 @@ def render(spec: LesionSpec | None, skin_tone: int, hair: bool, size: int, rng: 
     if hair:
         image = hairs(rng, x, y, pixel, skin_tone, image)
     image = optics(rng, x, y, pixel, image)
-    if factor > 1:
-        image = image.reshape(size, factor, size, factor, 3).mean(axis=(1, 3))
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if s == size:
+        return image
+    if s % size == 0:
+        factor = s // size
+        return (image.reshape(size, factor, size, factor, 3).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX))  # area average
+
+
+@lru_cache(maxsize=8)
+def field_grid(s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (s, s) over [-1, 1]; float32 throughout (twice the speed of float64)."""
+    y, x = np.mgrid[0:s, 0:s].astype(np.float32)
+    return (x + 0.5) / s * 2 - 1, (y + 0.5) / s * 2 - 1
 
 
 def skin(rng: np.random.Generator, noise: NoiseBank, x: np.ndarray, y: np.ndarray, s: int, tone: int) -> np.ndarray:
@@ -168,16 +177,16 @@ def outline(rng: np.random.Generator, spec: LesionSpec) -> tuple[float, float, n
     shape = 1 + rng.uniform(0.0, 0.12) * np.cos(2 * (theta - rng.uniform(0, np.pi)))
     if spec.asymmetric:
         first = rng.uniform(0, 2 * np.pi)
-        second = first + rng.uniform(0.6, 1.4) * rng.choice([-1, 1])  # never opposite: no mirror axis
+        second = first + rng.uniform(0.6, 1.4) * (1 if rng.random() < 0.5 else -1)  # never opposite: no mirror axis
         shape += bump(theta, first, rng.uniform(0.45, 0.6), rng.uniform(0.45, 0.7))
         shape += bump(theta, second, rng.uniform(0.18, 0.3), rng.uniform(0.35, 0.55))
         radius *= 0.88
     irr = spec.irregularity
     ks = np.arange(3, 15)
-    amps = (0.012 + irr**2 * 0.3 / ks) * rng.uniform(0.3, 1.0, ks.size)
+    amps = (0.012 + irr**2 * 0.42 / ks) * rng.uniform(0.4, 1.0, ks.size)
     shape += (amps[:, None] * np.cos(ks[:, None] * theta + rng.uniform(0, 2 * np.pi, ks.size)[:, None])).sum(0)
     if irr > 0.5:
-        for _ in range(rng.integers(1, 4)):
+        for _ in range(rng.integers(2, 5)):
             shape -= bump(theta, rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.22) * irr, rng.uniform(0.08, 0.2))
     return cx, cy, radius * shape
 
