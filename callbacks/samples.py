@@ -77,7 +77,8 @@ class SampleGrid(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 caption = "; ".join(captions[:4]) + (" ..." if captions and len(captions) > 4 else "") if captions else None
-                logger.log_image(key="samples", images=[str(path)], caption=[caption] if caption else None, step=trainer.global_step)
+                extra = {"caption": [caption]} if caption else {}
+                logger.log_image(key="samples", images=[str(path)], step=trainer.global_step, **extra)
         self.last_path = path
         return path
 
