@@ -43,6 +43,11 @@ def test_ema_warmup_ramps_decay() -> None:
     assert ema.current_decay() == pytest.approx(0.1)
     ema.num_updates = 1000
     assert ema.current_decay() == 0.999
+    whole_run = EMA(decay=0.999)  # ramp kept: the window grows with the run
+    whole_run.num_updates = 500
+    assert whole_run.current_decay() == pytest.approx(501 / 510)
+    whole_run.num_updates = 100_000
+    assert whole_run.current_decay() == 0.999
 
 
 def test_ema_state_round_trip() -> None:
