@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from baselines.conditioning import ConditionEmbedding
-from baselines.schedules import with_warmup_cosine
+from models.schedules import with_warmup_cosine
 from datamodules.info import DataInfo
 from models.diffusion import DenoiseFn, NoiseProcess, classifier_free_guidance, sampler_name
 from models.generative import Conditions, GenerativeModule

@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel
 from baselines.conditioning import ConditionEmbedding
 from baselines.diffaugment import diff_augment
 from baselines.gan_networks import Discriminator, Generator
-from baselines.schedules import linear_decay, total_steps
+from models.schedules import linear_decay, total_steps
 from datamodules.info import DataInfo
 from models.generative import Conditions, GenerativeModule
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.conditioning import ConditionEmbedding
-from baselines.schedules import with_warmup_cosine
+from models.schedules import with_warmup_cosine
 from datamodules.info import DataInfo
 from models.generative import Conditions, GenerativeModule
 

@@ -14,7 +14,6 @@ loss, samplers, shared with ``ddpm``/``ddpm_class``) and this LightningModule.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -29,6 +28,7 @@ from models.classifier import batch_targets, head_sizes
 from models.diffusion import DenoiseFn, NoiseProcess, classifier_free_guidance, sampler_name
 from models.fusion import FusionConditioner, attribute_matrix
 from models.generative import Conditions, GenerativeModule
+from models.schedules import with_warmup_cosine
 from models.text_encoder import TextEncoder
 from models.unets import build_conditional_unet
 
@@ -345,19 +345,7 @@ class HybridDiffusion(GenerativeModule):
         if encoder_params:
             groups.append({"params": encoder_params, "lr": self.text_encoder.lr})
         factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-4))
-        optimizer = factory(groups)
-        total = max(1, int(getattr(self.trainer, "max_steps", -1) or -1))
-        warmup = self.warmup_steps
-
-        def lr_lambda(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / max(1, warmup)
-            if total <= warmup:
-                return 1.0
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return with_warmup_cosine(factory(groups), self.warmup_steps, self._trainer)
 
     # ---------------------------------------------------------------------------------------
     # the GenerativeModule contract

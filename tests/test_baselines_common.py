@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from baselines.conditioning import ConditionEmbedding
 from baselines.diffaugment import diff_augment
-from baselines.schedules import linear_decay, warmup_cosine
+from models.schedules import linear_decay, warmup_cosine
 from datamodules.info import DataInfo
 from models.generative import GenerativeModule
 

@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the baselines, as ``LambdaLR`` multipliers stepped once per batch."""
+"""Learning-rate schedules shared by the hybrid and the baselines, as ``LambdaLR`` multipliers stepped once per batch."""
 
 from __future__ import annotations
 
