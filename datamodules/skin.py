@@ -22,11 +22,12 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules import captions as caption_templates
 from datamodules.cache import default_cache_dir
 from datamodules.info import DataInfo
+from datamodules.resumable import ResumableDataLoader, ResumableSampler, rank_and_world
 from datamodules.sources import SourceRequest, SourceTable, get_source
 from datamodules.sources.base import SplitTable
 from datamodules.transforms import Augment, Preprocess, to_tensor
@@ -240,12 +241,26 @@ class SkinDataModule(L.LightningDataModule):
         return caption_templates.parse_caption(text, self.info)
 
     def _loader(self, dataset: SkinDataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
-            drop_last=train and len(dataset) >= self.batch_size, pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if train else None, collate_fn=collate_batch,
+        common = dict(
+            batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0, collate_fn=collate_batch,
         )
+        if train:  # seeded shuffle that resumes mid-epoch and shards across DDP ranks itself
+            sampler = ResumableSampler(len(dataset), shuffle=True, seed=self.seed)
+            return ResumableDataLoader(
+                dataset, sampler=sampler, drop_last=len(dataset) >= self.batch_size,
+                generator=torch.Generator().manual_seed(self.seed), position_fn=self._train_batches_processed, **common,
+            )
+        rank, world = rank_and_world()
+        sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
+        return DataLoader(dataset, sampler=sampler, **common)
+
+    def _train_batches_processed(self) -> int:
+        """Batches of the current epoch the training loop has processed (the resume position)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

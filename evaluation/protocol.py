@@ -252,7 +252,12 @@ def fd_floor(extractor: FeatureExtractor, datamodule: Any, eval_cfg: Any, test_f
     """FD between the real validation and test splits: what "as close as real data" looks like."""
     val = collect(datamodule.val_set, eval_cfg.get("num_real"), seed=0, progress=progress)
     val_feats, _ = real_features(extractor, datamodule.val_set, "val", datamodule, eval_cfg, val["image"], progress)
-    return {"fid": frechet_distance(test_feats, val_feats), "num_val": int(val_feats.shape[0]), "num_test": int(test_feats.shape[0])}
+    floor = {"fid": frechet_distance(test_feats, val_feats), "num_val": int(val_feats.shape[0]), "num_test": int(test_feats.shape[0])}
+    # FD is biased upward at small n: the floor with as many real images as the run generated
+    n = min(int(eval_cfg.get("num_generated") or 0), int(val_feats.shape[0]))
+    if 1 < n < val_feats.shape[0]:
+        floor.update(fid_at_num_generated=frechet_distance(test_feats, val_feats[:n]), num_generated=n)
+    return floor
 
 
 

@@ -1,155 +1,182 @@
 """Benchmarks, one suite per part of the pipeline; results merge into ``bench.json``.
 
-    python -m experiments.bench data                      # the data suite
-    python -m experiments.bench data out=bench.json step_images_per_s=150
+    python -m experiments.bench data                           # one suite
+    python -m experiments.bench train sample out=bench.json    # several
+    python -m experiments.bench all                            # every suite, in the order below
+    python -m experiments.bench all sample.ckpt=PATH train.steps=20 num_images=32
 
-Each suite is a function ``(options) -> {key: value}`` registered in ``SUITES``; keys are
-prefixed with the suite name. ``run(names, options)`` is importable.
+Suites (each in ``experiments/bench_suites/``; its docstring says what each key measures and how):
+``data`` (loader throughput vs the step's demand), ``train`` (Lightning and hybrid overhead,
+text-embedding cache, speed knobs), ``sample`` (seconds and NFE per sampler, DPM-Solver++ vs
+DDPM FD), ``eval`` (cold vs warm evaluation cache), ``memory`` (peak RSS of a quick hybrid run).
 
-The ``data`` suite (all on the phantom, so it runs anywhere):
-- ``data.images_per_s`` {"32": .., "64": ..}: training-loader throughput from the uint8 cache with
-  ``loader_workers`` (2) worker processes, batch 32, augmentation on, after the workers started.
-- ``data.decode_images_per_s`` {"32": .., "64": ..}: the same loader decoding 600x450 JPEG files
-  per item instead (HAM10000's original size; resize + centre crop as the cache build does).
-- ``data.cache_over_decode``: the smaller of the two sizes' cached/decoded ratios.
-- ``data.step_images_per_s``: images/s a quick-budget training step consumes: forward + backward +
-  AdamW of the project's default UNet (``models.unets.build_unet`` defaults) at batch 32, 32 px,
-  measured here on CPU, or given as ``step_images_per_s=``.
-- ``data.loader_over_step_demand``: ``images_per_s["32"] / step_images_per_s``; above 1 the
-  loader is not what limits training. Measured separately, so on a machine whose cores the loader
-  workers share with the step this is an upper bound.
+Options are ``key=value``. A plain key goes to every selected suite that has it; ``suite.key``
+to that suite alone (``sample.num_images=16 eval.num_images=1000``). Every suite has size
+options so that a test runs it in seconds; an unknown option fails and lists the valid ones.
+
+Each figure is a ratio measured side by side in one process, since absolute times drift on a
+shared machine; the settings used sit beside the numbers (``<suite>.settings``). Results merge
+into ``out`` (default ``bench.json``): a suite run again replaces its own keys, the required
+keys of suites never run stay null, and ``targets`` says for each target of the issue whether
+the figure now in the file meets it. The bench reports; it does not assert.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import operator
 import sys
-import tempfile
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-
-from datamodules import SkinDataModule
-from datamodules.transforms import Augment, load_square
-
-SIZES = (32, 64)
+from experiments.bench_suites import data, eval_cache, memory, sample, train
 
 
-def loader_images_per_s(loader: DataLoader, batches: int) -> float:
-    """Images/s over ``batches`` batches, after one warm-up batch (worker start-up excluded)."""
-    iterator = iter(loader)
-    next(iterator)
-    count, start = 0, time.perf_counter()
-    for _ in range(batches):
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            iterator = iter(loader)
-            batch = next(iterator)
-        count += batch["image"].shape[0]
-    return count / (time.perf_counter() - start)
+@dataclass(frozen=True)
+class Suite:
+    """A benchmark: ``run(options) -> {"<suite>.<key>": value}`` and its options with their defaults."""
+
+    run: Callable[[dict[str, str]], dict[str, Any]]
+    options: dict[str, str]
+
+    def __call__(self, options: dict[str, str]) -> dict[str, Any]:
+        return self.run({**self.options, **options})
 
 
-class DecodingDataset(Dataset):
-    """The naive alternative to the cache: decode, resize and crop a file per item."""
+SUITES: dict[str, Suite] = {
+    "data": Suite(data.suite, data.OPTIONS),
+    "train": Suite(train.suite, train.OPTIONS),
+    "sample": Suite(sample.suite, sample.OPTIONS),
+    "eval": Suite(eval_cache.suite, eval_cache.OPTIONS),
+    "memory": Suite(memory.suite, memory.OPTIONS),
+}
 
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size, self.augment = paths, size, Augment()
+# Keys bench.json always has (null until their suite runs): what issue #9 asks for.
+REQUIRED_KEYS = (
+    "data.cache_over_decode",
+    "data.loader_over_step_demand",
+    "train.lightning_over_bare",
+    "train.hybrid_over_ddpm",
+    "train.cache_speedup",
+    "train.images_per_s",
+    "sample.nfe",
+    "sample.s_per_image",
+    "sample.dpm20_fd_over_ddpm1000",
+    "eval.cached_over_uncached",
+    "memory.quick_hybrid_peak_rss_gib",
+)
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": self.augment(load_square(self.paths[index], self.size)), "label": 0}
-
-
-def write_jpegs(images: np.ndarray, folder: Path, count: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(count):
-        path = folder / f"phantom_{index:04d}.jpg"
-        Image.fromarray(images[index % len(images)]).resize((600, 450), Image.Resampling.BICUBIC).save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
-def step_images_per_s(batch_size: int = 32, image_size: int = 32, steps: int = 3) -> float:
-    """Images/s of a quick-budget diffusion training step (default UNet, CPU, float32)."""
-    from models.unets import build_unet
-
-    unet = build_unet(image_size=image_size)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
-    images = torch.randn(batch_size, 3, image_size, image_size)
-    timesteps = torch.randint(0, 1000, (batch_size,))
-
-    def step() -> None:
-        loss = torch.nn.functional.mse_loss(unet(images, timesteps).sample, images)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch_size / (time.perf_counter() - start)
+# The issue's targets: key -> (comparison, bound).
+TARGETS: dict[str, tuple[str, float]] = {
+    "data.loader_over_step_demand": (">=", 5.0),
+    "train.lightning_over_bare": ("<=", 1.10),
+    "train.hybrid_over_ddpm": ("<=", 1.25),
+    "sample.dpm20_fd_over_ddpm1000": ("<=", 1.10),
+    "sample.nfe_ratio": (">=", 50.0),
+    "eval.warm_real_set_passes": ("==", 0.0),
+    "memory.quick_hybrid_peak_rss_gib": ("<=", 4.0),
+}
+COMPARISONS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq}
+OWN_OPTIONS = ("out",)
+# Options that do not change what a figure means (the rest shrink or change the measured setting).
+NEUTRAL_OPTIONS = {"ckpt", "cache_dir", "timeout", "knobs", "knob_steps", "compile", "seed", "steps", "rounds", "warmup"}
 
 
-def data_suite(options: dict[str, str]) -> dict[str, Any]:
-    workers = int(options.get("loader_workers", 2))
-    batches = int(options.get("batches", 60))
-    cached, decoded = {}, {}
-    with tempfile.TemporaryDirectory(prefix="dermsynth-bench-") as temp:
-        for size in SIZES:
-            dm = SkinDataModule(source="phantom", image_size=size, batch_size=32, num_workers=workers, num_train=1024,
-                                num_val=32, num_test=32, cache_dir=options.get("cache_dir") or temp, progress=False)
-            dm.setup()
-            cached[str(size)] = loader_images_per_s(dm.train_dataloader(), batches)
-            paths = write_jpegs(dm.train_set.table.images[:64], Path(temp) / f"jpeg{size}", 256)
-            decode_loader = DataLoader(DecodingDataset(paths, size), batch_size=32, shuffle=True, num_workers=workers,
-                                       persistent_workers=workers > 0, drop_last=True)
-            decoded[str(size)] = loader_images_per_s(decode_loader, min(batches, 24))
-    demand = float(options["step_images_per_s"]) if "step_images_per_s" in options else step_images_per_s()
-    ratios = {size: cached[size] / decoded[size] for size in cached}
-    return {
-        "data.images_per_s": {k: round(v, 1) for k, v in cached.items()},
-        "data.decode_images_per_s": {k: round(v, 1) for k, v in decoded.items()},
-        "data.cache_over_decode": round(min(ratios.values()), 2),
-        "data.cache_over_decode_by_size": {k: round(v, 2) for k, v in ratios.items()},
-        "data.step_images_per_s": round(demand, 1),
-        "data.step_demand_source": "given" if "step_images_per_s" in options else "measured: default UNet, batch 32, 32 px, CPU",
-        "data.loader_over_step_demand": round(cached["32"] / demand, 2),
-        "data.loader_workers": workers,
-    }
+def resolve_options(name: str, options: dict[str, str]) -> dict[str, str]:
+    """The options suite ``name`` sees: its defaults, then plain keys it has, then ``name.key`` ones."""
+    known = SUITES[name].options
+    resolved = {key: value for key, value in options.items() if key in known}
+    prefix = f"{name}."
+    resolved.update({key[len(prefix):]: value for key, value in options.items() if key.startswith(prefix)})
+    return resolved
 
 
-SUITES: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {"data": data_suite}
+def check_options(names: list[str], options: dict[str, str]) -> None:
+    """Fail on an option no selected suite takes, naming the valid ones."""
+    for key in options:
+        suite, _, rest = key.partition(".")
+        if key in OWN_OPTIONS:
+            continue
+        if rest and suite in SUITES:
+            if suite not in names or rest not in SUITES[suite].options:
+                valid = sorted(SUITES[suite].options) if suite in names else f"(suite '{suite}' is not selected)"
+                raise SystemExit(f"bench: unknown option '{key}'; valid for {suite}: {valid}")
+        elif not any(key in SUITES[name].options for name in names):
+            valid = {name: sorted(SUITES[name].options) for name in names}
+            raise SystemExit(f"bench: unknown option '{key}' for suites {names}; valid: {valid} and {list(OWN_OPTIONS)}")
+
+
+def default_settings(results: dict[str, Any], suite: str) -> bool | None:
+    """Whether a suite ran at the settings its targets are stated for (None: not run)."""
+    settings = results.get(f"{suite}.settings")
+    if not isinstance(settings, dict) or suite not in SUITES:
+        return None
+    defaults = SUITES[suite].options
+    used = settings.get("options", {})
+    return all(used.get(k, v) == v for k, v in defaults.items() if k not in NEUTRAL_OPTIONS)
+
+
+def target_status(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per target: the bound, the figure now in the results, met (None when not measured), and
+    whether the suite ran at its default settings (a target met on a shrunken run proves little)."""
+    status = {}
+    for key, (comparison, bound) in TARGETS.items():
+        value = results.get(key)
+        met = bool(COMPARISONS[comparison](value, bound)) if isinstance(value, (int, float)) else None
+        status[key] = {"target": f"{comparison} {bound:g}", "value": value, "met": met, "default_settings": default_settings(results, key.split(".")[0])}
+    return status
 
 
 def run(names: list[str], options: dict[str, str]) -> dict[str, Any]:
-    """Run the named suites and merge their results into ``options["out"]`` (default bench.json)."""
+    """Run the named suites (``all``: every one) and merge their results into ``options["out"]``."""
+    names = list(SUITES) if "all" in names else names
     unknown = [n for n in names if n not in SUITES]
     if unknown or not names:
-        raise SystemExit(f"bench: unknown or missing suite(s) {unknown}; valid: {sorted(SUITES)}")
+        raise SystemExit(f"bench: unknown or missing suite(s) {unknown}; valid: {sorted(SUITES)} or all")
+    check_options(names, options)
     path = Path(options.get("out", "bench.json"))
     results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     for name in names:
-        results.update(SUITES[name](options))
+        results = {k: v for k, v in results.items() if not k.startswith(f"{name}.")}  # no stale keys of a rerun
+        results.update(SUITES[name](resolve_options(name, options)))
+    for key in REQUIRED_KEYS:
+        results.setdefault(key, None)
+    results["targets"] = target_status(results)
     path.write_text(json.dumps(results, indent=1, sort_keys=True))
     return results
 
 
+def summary_table(results: dict[str, Any], names: list[str]) -> str:
+    """The headline figures of the suites run, with their targets, as a plain-text table."""
+    targets = results.get("targets", {})
+    rows = [("figure", "value", "target", "status")]
+    for key in sorted(results):
+        if key.split(".")[0] not in names or key.endswith(".settings") or isinstance(results[key], list):
+            continue
+        value = results[key]
+        shown = json.dumps(value) if isinstance(value, dict) else str(value)
+        target = targets.get(key)
+        status = "" if target is None else {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
+        status += " (non-default settings)" if target and target["met"] is not None and not target["default_settings"] else ""
+        rows.append((key, shown if len(shown) <= 70 else shown[:67] + "...", target["target"] if target else "", status))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for name in ("lightning.pytorch", "lightning.fabric"):  # one "GPU available" banner per timed fit otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     names = [a for a in args if "=" not in a]
     options = dict(a.split("=", 1) for a in args if "=" in a)
     results = run(names, options)
-    print(json.dumps({k: v for k, v in results.items() if k.split(".")[0] in names}, indent=1))
+    ran = list(SUITES) if "all" in names else names
+    print(json.dumps({k: v for k, v in results.items() if k.split(".")[0] in ran}, indent=1))
+    print(summary_table(results, ran))
 
 
 if __name__ == "__main__":

@@ -140,12 +140,19 @@ def build_report(root: str | Path) -> Path:
     extractors = sorted({e for row in rows for e in row["feature_extractor"]})
     floors = [r["details"]["fd_floor"]["fid"] for r in runs if isinstance(r["details"].get("fd_floor"), dict)]
     floor = mean_std(floors)
+    at_n = [(r["details"]["fd_floor"]["fid_at_num_generated"], r["details"]["fd_floor"]["num_generated"]) for r in runs
+            if isinstance(r["details"].get("fd_floor"), dict) and "fid_at_num_generated" in r["details"]["fd_floor"]]
+    sizes = sorted({n for _, n in at_n})
+    floor_at_n = (
+        f" With {sizes[0]} real images, as many as each run generated: **{cell(*mean_std([f for f, _ in at_n]), 2)}**"
+        " (FD is biased upward at small n)." if len(sizes) == 1 else ""
+    )
     lines = [
         f"# DermSynth comparison ({len(runs)} runs, {len(rows)} experiments)",
         "",
         f"Feature space of FD/KID/precision/recall: {', '.join(f'`{e}`' for e in extractors)}"
         + (" — **mixed: FD values across these do not compare**" if len(extractors) > 1 else "") + ".",
-        f"Floor (FD real validation vs real test, same features): **{cell(*floor, 2)}** — no model can be expected to go below it.",
+        f"Floor (FD real validation vs real test, same features): **{cell(*floor, 2)}** — no model can be expected to go below it." + floor_at_n,
         "Mean ± std over seeds; — = the model cannot have this figure. Cond. acc. is judged by the domain classifier"
         " and only means something beside its FD.",
         "",

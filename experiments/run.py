@@ -29,12 +29,23 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from callbacks.checkpoint import AtomicCheckpointIO
 from callbacks.ema import find_ema
 from callbacks.health import FiniteLoss
+from callbacks.rng import RNGState
 from experiments import CONFIG_DIR
 from experiments.loggers import build_loggers, flat_config
 from models.checkpoint import build_generator
+from models.performance import apply_performance
 
 log = logging.getLogger(__name__)
 OUTPUT_DIR_ENV = "DERMSYNTH_OUTPUT_DIR"
+
+
+def external_launcher() -> str | None:
+    """torchrun or SLURM when they started this process as one of several, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
+        return "torchrun"
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return "SLURM"
+    return None
 
 
 def resolve_output_dir(cfg: DictConfig) -> Path:
@@ -44,6 +55,13 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
     rank 0 publishes its folder in the environment, which the children inherit.
     """
     inherited = os.environ.get(OUTPUT_DIR_ENV)
+    pinned = any(arg.startswith("paths.output_dir=") for arg in sys.argv[1:])
+    launcher = external_launcher()
+    if launcher and not pinned and not inherited:
+        raise SystemExit(
+            f"launched as one of several processes by {launcher}: each would stamp its own run folder. "
+            "Pass paths.output_dir=<a folder on the shared file system> (the same on every node)."
+        )
     if inherited and int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) > 0:
         output_dir = inherited
     elif HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -52,7 +70,6 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
     else:
         output_dir = cfg.paths.output_dir
     output_dir = str(Path(output_dir).absolute())
-    pinned = any(arg.startswith("paths.output_dir=") for arg in sys.argv[1:])
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN and not pinned:
         # Lightning re-runs this command line for the other DDP ranks; pinning the folder there
         # keeps Hydra from making a second, empty timestamped folder per rank.
@@ -65,7 +82,8 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
     callbacks: list[Callback] = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    callbacks.append(FiniteLoss())
+    callbacks.append(FiniteLoss(mode=cfg.on_nonfinite_loss))
+    callbacks.append(RNGState(seed=int(cfg.seed)))  # a resumed run draws the noise a straight run would
     if cfg.trainer.get("max_time") is None:
         callbacks.append(Timer(duration=None, interval="step", verbose=False))  # records train_time_s
     return callbacks
@@ -87,6 +105,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_generator(cfg.model, datamodule.info)
+    model = apply_performance(model, channels_last=bool(cfg.performance.channels_last), compile=bool(cfg.performance.compile))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     loggers = build_loggers(cfg, output_dir)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from torch import nn
@@ -79,8 +79,58 @@ def test_atomic_save_keeps_old_file_when_interrupted(tmp_path: Path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
-def test_non_finite_loss_stops_with_step() -> None:
-    trainer = SimpleNamespace(global_step=7, current_epoch=0)
-    FiniteLoss().on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, 0)
-    with pytest.raises(NonFiniteLossError, match="step 7"):
-        FiniteLoss().on_train_batch_end(trainer, None, {"loss": torch.tensor(float("nan"))}, None, 0)
+class _PoisonedRegression(L.LightningModule):
+    """A linear fit whose loss is NaN on the batches listed in ``poisoned``."""
+
+    def __init__(self, poisoned: set[int]) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.poisoned = poisoned
+        self.weights_seen: list[torch.Tensor] = []
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        self.weights_seen.append(self.layer.weight.detach().clone())
+        loss = self.layer(batch).pow(2).mean()
+        return loss * float("nan") if self.global_step in self.poisoned else loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(torch.randn(16, 2), batch_size=2)
+
+
+def _fit(module: L.LightningModule, mode: str, steps: int) -> L.Trainer:
+    trainer = L.Trainer(
+        max_steps=steps, callbacks=[FiniteLoss(mode=mode)], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )
+    trainer.fit(module)
+    return trainer
+
+
+def test_non_finite_loss_stops_before_the_update() -> None:
+    module = _PoisonedRegression(poisoned={3})
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        _fit(module, "stop", steps=6)
+    assert torch.isfinite(module.layer.weight).all()
+    assert torch.equal(module.layer.weight, module.weights_seen[-1])  # the bad batch changed nothing
+
+
+def test_non_finite_loss_skip_mode_drops_only_the_bad_batches() -> None:
+    module = _PoisonedRegression(poisoned={2, 4})
+    trainer = _fit(module, "skip", steps=6)
+    assert trainer.global_step == 6 and torch.isfinite(module.layer.weight).all()
+    seen = module.weights_seen
+    assert torch.equal(seen[2], seen[3]) and torch.equal(seen[4], seen[5])  # skipped updates
+    assert not torch.equal(seen[1], seen[2])  # good batches still train
+    callback = next(c for c in trainer.callbacks if isinstance(c, FiniteLoss))
+    assert callback.skipped == 2 and callback.state_dict() == {"skipped": 2}
+
+
+def test_skip_mode_still_stops_a_diverged_run() -> None:
+    module = _PoisonedRegression(poisoned=set(range(100)))
+    with pytest.raises(NonFiniteLossError, match="in a row"):
+        _fit(module, "skip", steps=40)
+    with pytest.raises(ValueError, match="on_nonfinite_loss"):
+        FiniteLoss(mode="ignore")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from evaluation.schema import METRIC_KEYS
-from experiments.run import run
+from experiments.run import resolve_output_dir, run
 from models.checkpoint import load_generator
 from tests.helpers import compose_config, experiment_names, smoke_overrides
 
@@ -113,3 +113,22 @@ def test_wandb_offline_without_network_or_credentials(tmp_path: Path) -> None:
     assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run folder"
     assert "wandb sync" in result.stderr + result.stdout
     assert (out / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("launcher_env", [
+    {"WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": "job"},
+    {"SLURM_NTASKS": "8", "SLURM_PROCID": "3"},
+])
+def test_externally_launched_ranks_need_a_pinned_output_dir(
+    launcher_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in launcher_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DERMSYNTH_OUTPUT_DIR", raising=False)
+    cfg = compose_config("exp=ddpm", "budget=smoke")
+    monkeypatch.setattr(sys, "argv", ["run.py", "exp=ddpm"])
+    with pytest.raises(SystemExit, match="paths.output_dir"):
+        resolve_output_dir(cfg)
+    monkeypatch.setattr(sys, "argv", ["run.py", "exp=ddpm", f"paths.output_dir={tmp_path}"])
+    cfg.paths.output_dir = str(tmp_path)
+    assert resolve_output_dir(cfg) == tmp_path

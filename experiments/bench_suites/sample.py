@@ -1,0 +1,155 @@
+"""``sample`` suite: seconds and network evaluations per image for each sampler, and what speed costs in FD.
+
+    python -m experiments.bench sample                                   # untrained ddpm: timings, NFE
+    python -m experiments.bench sample ckpt=runs/ddpm/<run>/checkpoints/last.ckpt    # + the FD ratio
+
+Samplers (``models.diffusion``): DDPM-``ddpm_steps`` (1000), DDIM-``ddim_steps`` (50) and
+DPM-Solver++ at each of ``dpm_steps`` (20, 10), all run on the same model in this process.
+
+Keys:
+- ``sample.nfe`` {"ddpm-1000": .., ...}: network evaluations per image (``model.nfe``: steps,
+  doubled under classifier-free guidance; a guided model batches cond + uncond in one forward).
+- ``sample.s_per_image`` {...}: wall seconds per image over ``num_images`` (16) images, drawn in
+  batches of ``eval.batch_size`` by the evaluation's own ``generate_shard``.
+- ``sample.dpm20_fd_over_ddpm1000``: FD(DPM-Solver++-20) / FD(DDPM-1000), each over ``fd_images``
+  (100) samples against the real test split in the domain judge's feature space (the evaluation's
+  cached judge and Fréchet distance). Target <= 1.10 at 50x fewer NFE (``sample.nfe_ratio``).
+  Both start from the same conditions and initial noise (same seeds). Needs a trained model
+  (``ckpt=``, EMA weights); null otherwise.
+- ``sample.fd`` {...}: the two FDs; ``sample.fd_floor_at_n``: FD of ``fd_images`` real validation
+  images against the same test features. FD over 100 images is biased upward; this floor is what
+  a perfect generator would score at that n, so read the two FDs against it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from evaluation.data import collect
+from evaluation.features import build_feature_extractor, extract
+from evaluation.fid import frechet_distance
+from evaluation.protocol import generate_shard, real_features, shared_judge
+from experiments.bench_suites.common import (
+    build_datamodule, compose_run_config, device, hydra_overrides, log, ratio, size_overrides,
+)
+from models.checkpoint import build_generator, load_generator, read_checkpoint
+from models.diffusion import sampler_name
+
+OPTIONS = {
+    "ckpt": "",             # a trained checkpoint (EMA weights); empty: an untrained model, no FD
+    "exp": "ddpm",          # the model built when no ckpt is given
+    "budget": "quick",
+    "image_size": "",       # without ckpt (empty: the budget's)
+    "num_train": "",
+    "num_images": "16",     # images timed per sampler
+    "fd_images": "100",     # samples per FD (with ckpt)
+    "ddpm_steps": "1000",
+    "ddim_steps": "50",
+    "dpm_steps": "20,10",   # the first is compared with DDPM in FD
+    "seed": "0",
+    "overrides": "",        # Hydra overrides (data, eval) applied to the run config
+}
+
+
+def load_model(options: dict[str, str]) -> tuple[Any, Any, DictConfig, bool]:
+    """The model, its data module, its run config (data and eval groups) and whether it is trained."""
+    if options["ckpt"]:
+        from experiments.evaluate import compose_run_config as checkpoint_config
+
+        cfg = checkpoint_config(read_checkpoint(options["ckpt"]).get("dermsynth_config"), hydra_overrides(options))
+        return load_generator(options["ckpt"], map_location=device()), build_datamodule(cfg.data), cfg, True
+    cfg = compose_run_config(options["exp"], options["budget"], [*size_overrides(options), *hydra_overrides(options)])
+    datamodule = build_datamodule(cfg.data)
+    torch.manual_seed(int(options["seed"]))
+    return build_generator(cfg.model, datamodule.info).eval().to(device()), datamodule, cfg, False
+
+
+def sampler_labels(options: dict[str, str]) -> list[tuple[str, str, int]]:
+    """(label, sampler, steps) in run order; the first DPM-Solver++ entry is the FD one."""
+    specs = [("ddpm", int(options["ddpm_steps"])), ("ddim", int(options["ddim_steps"]))]
+    specs += [("dpm_solver++", int(steps)) for steps in options["dpm_steps"].split(",") if steps]
+    if len(specs) < 3:
+        raise ValueError("bench sample: dpm_steps needs at least one step count (the FD comparison's DPM-Solver++)")
+    return [(f"{name}-{steps}", sampler_name(name), steps) for name, steps in specs]
+
+
+def draw(model: Any, datamodule: Any, sampler: str, steps: int, count: int, batch_size: int, seed: int) -> tuple[torch.Tensor, float]:
+    """``count`` samples with the given sampler (conditions from the training distribution) and their seconds."""
+    model.sampler_name, model.sampler_steps = sampler, steps
+    conditional = getattr(model, "conditioning", "none") != "none"
+    conditions = datamodule.sample_conditions(count, seed=seed) if conditional else None
+    images, _, seconds = generate_shard(model, conditions, count, batch_size, seed, progress=False)
+    return images, seconds
+
+
+def suite(options: dict[str, str]) -> dict[str, Any]:
+    model, datamodule, cfg, trained = load_model(options)
+    if not hasattr(model, "sampler_name"):
+        raise SystemExit(f"bench sample: {type(model).__name__} has no diffusion sampler (use a ddpm, ddpm_class or hybrid model)")
+    batch_size, seed = int(cfg.eval.get("batch_size", 64)), int(options["seed"])
+    num_images, fd_images = int(options["num_images"]), int(options["fd_images"])
+    specs = sampler_labels(options)
+    draw(model, datamodule, specs[0][1], 2, 1, batch_size, seed)  # warm-up: lazy initialisation, allocator
+
+    nfe, s_per_image = {}, {}
+    per_evaluation = None  # seconds per image and network evaluation, to announce the long runs
+    for label, sampler, steps in sorted(specs, key=lambda spec: spec[2]):  # cheapest first
+        model.sampler_name, model.sampler_steps = sampler, steps
+        expected = f", ~{per_evaluation * num_images * model.nfe:.0f} s" if per_evaluation else ""
+        log.info("sample: %s on %d images%s", label, num_images, expected)
+        _, seconds = draw(model, datamodule, sampler, steps, num_images, batch_size, seed)
+        nfe[label], s_per_image[label] = int(model.nfe), seconds / num_images
+        per_evaluation = s_per_image[label] / nfe[label]
+    nfe, s_per_image = {s[0]: nfe[s[0]] for s in specs}, {s[0]: round(s_per_image[s[0]], 4) for s in specs}
+
+    dpm_label, ddpm_label = next(s for s in specs if s[1] == "dpm_solver++")[0], specs[0][0]
+    fd: dict[str, float] = {}
+    floor = None
+    extractor_name = None
+    if trained:
+        eval_cfg = cfg.eval.copy()
+        with open_dict(eval_cfg):
+            eval_cfg.feature_extractor = "domain"  # the issue's figure: FD in the domain feature space
+        progress = bool(eval_cfg.get("progress", True))
+        judge = shared_judge(datamodule, eval_cfg, progress)
+        extractor = build_feature_extractor(eval_cfg, lambda: judge, model.device)
+        extractor_name = extractor.name
+        real = collect(datamodule.test_set, eval_cfg.get("num_real"), seed=0)
+        test_feats, _ = real_features(extractor, datamodule.test_set, "test", datamodule, eval_cfg, real["image"], progress)
+        for label, sampler, steps in (s for s in specs if s[0] in (dpm_label, ddpm_label)):
+            started = time.perf_counter()
+            log.info("sample: FD of %s over %d images, ~%.0f s", label, fd_images, s_per_image[label] * fd_images)
+            images, _ = draw(model, datamodule, sampler, steps, fd_images, batch_size, seed)
+            fd[label] = round(frechet_distance(test_feats, extract(extractor, images, batch_size)[0]), 4)
+            log.info("sample: FD %s = %.3f (%.0f s)", label, fd[label], time.perf_counter() - started)
+        val = collect(datamodule.val_set, fd_images, seed=0)
+        floor = round(frechet_distance(test_feats, extract(extractor, val["image"], batch_size)[0]), 4)
+
+    guided = getattr(model, "guidance_scale", 1.0) != 1.0 and getattr(model, "conditioning", "none") != "none"
+    return {
+        "sample.nfe": nfe,
+        "sample.s_per_image": s_per_image,
+        "sample.nfe_ratio": ratio(nfe[ddpm_label], nfe[dpm_label], 2),
+        "sample.fd": fd or None,
+        "sample.fd_floor_at_n": floor,
+        "sample.dpm20_fd_over_ddpm1000": ratio(fd.get(dpm_label), fd.get(ddpm_label)),
+        "sample.settings": {
+            "options": dict(options),
+            "model": type(model).__name__,
+            "exp": cfg.get("exp_name"),
+            "trained": trained,
+            "image_size": int(model.image_size),
+            "guided": guided,
+            "guidance_scale": float(getattr(model, "guidance_scale", 1.0)),
+            "generation_batch": batch_size,
+            "device": model.device.type,
+            "threads": torch.get_num_threads(),
+            "fd_pair": [dpm_label, ddpm_label],
+            "feature_extractor": extractor_name,
+            "note": None if trained else "untrained model (no ckpt=): timings and NFE only; FD needs a trained checkpoint",
+        },
+    }

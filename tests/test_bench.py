@@ -1,0 +1,149 @@
+"""``python -m experiments.bench``: every suite at tiny sizes, the runner's merging, and the speed knobs.
+
+The figures of tiny runs mean nothing; the tests check that each suite measures what it says
+(keys, sane ratios, the cache and NFE evidence) and that the knobs leave the model's output alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from experiments import bench
+from experiments.bench_suites.common import build_datamodule, compose_run_config
+from experiments.bench_suites.memory import run_child
+from models.checkpoint import build_generator
+from models.performance import apply_performance, compile_targets
+from models.unets import build_unet
+
+TINY = {"budget": "smoke", "image_size": "8"}
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def untrained_checkpoint(path: Path, exp: str) -> Path:
+    """A checkpoint ``load_generator`` accepts, with untrained weights: enough to exercise the FD path."""
+    cfg = compose_run_config(exp, "smoke", ["data.image_size=8"])
+    datamodule = build_datamodule(cfg.data)
+    model = build_generator(cfg.model, datamodule.info)
+    torch.save({"dermsynth_config": OmegaConf.to_container(cfg, resolve=True), "data_info": datamodule.info.to_dict(),
+                "state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_channels_last_keeps_outputs_and_state_dict_keys() -> None:
+    unet = build_unet(image_size=8, block_out_channels=(8, 16), attention_levels=(False, True), norm_num_groups=8).eval()
+    sample, timestep = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 500])
+    keys = list(unet.state_dict())
+    with torch.no_grad():
+        before = unet(sample, timestep).sample
+        assert apply_performance(unet, channels_last=True) is unet
+        after = unet(sample, timestep).sample
+    conv = unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert list(unet.state_dict()) == keys
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_compile_targets_the_networks_in_place() -> None:
+    cfg = compose_run_config("ddpm", "smoke", ["data.image_size=8"])
+    model = build_generator(cfg.model, build_datamodule(cfg.data).info)
+    keys = list(model.state_dict())
+    assert compile_targets(model) == [model.unet]  # Lightning calls training_step, so the UNet is what to compile
+    apply_performance(model, compile=True)  # lazy: nothing compiles until the first call
+    assert list(model.state_dict()) == keys  # no "_orig_mod." prefix, checkpoints and EMA stay valid
+
+
+def test_train_suite(tmp_path: Path) -> None:
+    options = {**TINY, "batch_size": "4", "steps": "2", "warmup": "1", "knob_steps": "1", "fit_images": "8", "out": str(tmp_path / "b.json")}
+    results = bench.run(["train"], options)
+    for key in ("train.lightning_over_bare", "train.hybrid_over_ddpm", "train.cache_speedup", "train.images_per_s"):
+        assert positive(results[key]), key
+    assert results["train.cache_speedup"] > 1  # running MiniLM every step costs more than a lookup
+    # the evidence the toggle worked: no encoder call with the cache, batch + empty captions without
+    assert results["train.encoder_captions_per_step"] == {"cached": 0.0, "uncached": 8.0}
+    assert set(results["train.knobs"]) == {"channels_last", "bf16_autocast", "bf16_channels_last", "fused_adamw", "foreach_adamw"}
+    settings = results["train.settings"]
+    assert settings["batch_size"] == 4 and settings["image_size"] == 8
+    assert settings["unet"]["ddpm"] == settings["unet"]["hybrid"]
+    assert settings["timed_steps"] == {"bare": 2, "ddpm": 2, "hybrid": 2, "hybrid_uncached": 2}
+    assert json.loads((tmp_path / "b.json").read_text())["train.images_per_s"] == results["train.images_per_s"]
+
+
+def test_sample_suite_with_guided_checkpoint(tmp_path: Path) -> None:
+    ckpt = untrained_checkpoint(tmp_path / "class.ckpt", "ddpm_class")  # guidance 3: two evaluations per step
+    options = {"ckpt": str(ckpt), "num_images": "4", "fd_images": "8", "ddpm_steps": "4", "ddim_steps": "2", "dpm_steps": "2,1",
+               "overrides": "eval.judge.epochs=1", "out": str(tmp_path / "b.json")}
+    results = bench.run(["sample"], options)
+    assert results["sample.nfe"] == {"ddpm-4": 8, "ddim-2": 4, "dpm_solver++-2": 4, "dpm_solver++-1": 2}
+    assert set(results["sample.s_per_image"]) == set(results["sample.nfe"])
+    assert all(positive(v) for v in results["sample.s_per_image"].values())
+    assert set(results["sample.fd"]) == {"ddpm-4", "dpm_solver++-2"}
+    assert positive(results["sample.dpm20_fd_over_ddpm1000"]) and positive(results["sample.fd_floor_at_n"])
+    assert results["sample.nfe_ratio"] == 2.0
+    assert results["sample.settings"]["guided"] and results["sample.settings"]["feature_extractor"].startswith("domain:")
+
+
+def test_sample_suite_without_checkpoint_times_only(tmp_path: Path) -> None:
+    options = {**TINY, "num_images": "2", "ddpm_steps": "3", "ddim_steps": "2", "dpm_steps": "2", "out": str(tmp_path / "b.json")}
+    results = bench.run(["sample"], options)
+    assert results["sample.nfe"] == {"ddpm-3": 3, "ddim-2": 2, "dpm_solver++-2": 2}  # unconditional: one per step
+    assert results["sample.dpm20_fd_over_ddpm1000"] is None and results["sample.settings"]["note"]
+
+
+def test_eval_suite_warm_run_does_no_real_set_work(tmp_path: Path) -> None:
+    results = bench.run(["eval"], {**TINY, "num_images": "16", "judge_epochs": "1", "out": str(tmp_path / "b.json")})
+    assert results["eval.real_set_work"]["cold"]["judge_trainings"] == 1
+    assert results["eval.real_set_work"]["cold"]["real_feature_passes"] >= 1
+    assert results["eval.real_set_work"]["warm"] == {"judge_trainings": 0, "real_feature_passes": 0}
+    assert results["eval.warm_new_cache_files"] == []
+    assert 0 < results["eval.warm_s"] < results["eval.cold_s"]
+    assert 0 < results["eval.cached_over_uncached"] < 1
+    assert results["targets"]["eval.warm_real_set_passes"]["met"] is True
+
+
+def test_memory_peak_is_the_childs(tmp_path: Path) -> None:
+    code, peak_kib, _ = run_child([sys.executable, "-c", "block = bytearray(300 * 2**20)"], tmp_path / "log", timeout=60)
+    assert code == 0 and peak_kib >= 300 * 1024
+
+
+@pytest.mark.slow
+def test_memory_suite_smoke_run(tmp_path: Path) -> None:
+    results = bench.run(["memory"], {"budget": "smoke", "steps": "2", "num_generated": "4", "out": str(tmp_path / "b.json")})
+    assert 0.2 < results["memory.quick_hybrid_peak_rss_gib"] < 64
+    assert "trainer.max_steps=2" in results["memory.settings"]["command"]
+
+
+def test_run_merges_fills_required_keys_and_reports_targets(tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    out.write_text(json.dumps({"train.images_per_s": 12.5, "data.stale_key": 1}))
+    options = {"loader_workers": "0", "batches": "1", "num_train": "64", "step_images_per_s": "10", "out": str(out)}
+    results = bench.run(["data"], options)
+    assert results["train.images_per_s"] == 12.5  # another suite's figures survive
+    assert "data.stale_key" not in results  # a rerun replaces its own suite's keys
+    assert all(key in results for key in bench.REQUIRED_KEYS)
+    assert results["memory.quick_hybrid_peak_rss_gib"] is None and results["eval.cached_over_uncached"] is None
+    assert positive(results["data.cache_over_decode"]) and positive(results["data.loader_over_step_demand"])
+    target = results["targets"]["data.loader_over_step_demand"]
+    assert target["met"] is (results["data.loader_over_step_demand"] >= 5) and target["default_settings"] is False
+    assert results["targets"]["train.hybrid_over_ddpm"]["met"] is None
+    table = bench.summary_table(results, ["data"])
+    assert "data.loader_over_step_demand" in table and "train." not in table
+
+
+def test_options_are_checked_and_scoped() -> None:
+    assert bench.resolve_options("sample", {"num_images": "4", "eval.num_images": "9", "sample.fd_images": "8"}) == {"num_images": "4", "fd_images": "8"}
+    assert bench.resolve_options("eval", {"num_images": "4", "eval.num_images": "9"}) == {"num_images": "9"}
+    for bad in ({"num_imagez": "4"}, {"train.steps": "1"}, {"sample.bogus": "1"}):
+        with pytest.raises(SystemExit, match="unknown option"):
+            bench.run(["sample"], bad)
+    with pytest.raises(SystemExit, match="valid"):
+        bench.run(["nope"], {})
