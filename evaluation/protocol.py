@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from datamodules.resumable import rank_and_world
 from evaluation.conditioning import conditioning_accuracy, head_correct_from_logits, summarize
 from evaluation.data import cache_root, collect, split_hash, take
 from evaluation.features import FeatureExtractor, build_feature_extractor, extract
@@ -35,12 +36,6 @@ from evaluation.schema import METRIC_KEYS, empty_metrics
 from models.classifier import ATTRIBUTE_PREFIX, LABEL_HEAD, SKIN_TONE_HEAD, batch_targets
 
 log = logging.getLogger(__name__)
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def gather_rows(tensor: Tensor, device: torch.device) -> Tensor:
