@@ -24,7 +24,7 @@ from models.schedules import with_warmup_cosine
 from datamodules.info import DataInfo
 from models.diffusion import DenoiseFn, NoiseProcess, classifier_free_guidance, sampler_name
 from models.generative import Conditions, GenerativeModule
-from models.unets import build_unet
+from models.unets import build_unet, patchify, unpatchify
 
 CONDITIONINGS = ("none", "label")
 
@@ -76,6 +76,7 @@ class DiffusionBaseline(GenerativeModule):
         self.recon_strength = float(recon_strength)
 
         unet_cfg = _plain(unet)
+        self.patch_size = int(unet_cfg.get("patch_size", 1))
         labelled = conditioning == "label"
         self.unet = build_unet(image_size=self.image_size, class_embed_type="identity" if labelled else None, **unet_cfg)
         self.noise = NoiseProcess(**_plain(noise))
@@ -108,7 +109,8 @@ class DiffusionBaseline(GenerativeModule):
         """Bind conditioning to the UNet: ``fn(x_t (B, 3, H, W), t (B,)) -> model output``."""
 
         def denoise(sample: Tensor, timestep: Tensor) -> Tensor:
-            return self.unet(sample, timestep, class_labels=class_labels).sample
+            out = self.unet(patchify(sample, self.patch_size), timestep, class_labels=class_labels).sample
+            return unpatchify(out, self.patch_size)
 
         return denoise
 

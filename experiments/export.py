@@ -56,6 +56,7 @@ def export_model(model: GenerativeModule, out: str | Path) -> Path:
         "data_info": model.data_info.to_dict(),
         "guidance_scale": getattr(model, "guidance_scale", None),
         "sampler": {"name": sampler, "steps": getattr(model, "sampler_steps", None)},
+        "patch_size": getattr(model, "patch_size", 1),
         "run_config": model.run_config,
     }, indent=1, default=str))
     (out / "README.md").write_text(model_card(model, sampler))
@@ -71,6 +72,7 @@ def model_card(model: GenerativeModule, sampler: str) -> str:
     params = sum(p.numel() for p in model.unet.parameters())
     unet_cls = type(model.unet).__name__
     text = getattr(getattr(model, "text_encoder", None), "name", None)
+    patch = int(getattr(model, "patch_size", 1))
     lines = [
         f"# DermSynth {type(model).__name__} ({info.source}, {info.image_size} px)",
         "",
@@ -81,6 +83,11 @@ def model_card(model: GenerativeModule, sampler: str) -> str:
         f"- sampler: `{sampler}`, {getattr(model, 'sampler_steps', '?')} steps, guidance scale {getattr(model, 'guidance_scale', 'n/a')}",
         f"- diagnoses: {', '.join(info.class_names)}; attributes: {', '.join(info.attribute_names) or 'none'}",
     ]
+    if patch > 1:
+        lines.append(
+            f"- patches: the UNet works on {patch}x{patch} patches folded into channels; give it "
+            f"`torch.nn.functional.pixel_unshuffle(x, {patch})` and apply `pixel_shuffle(out, {patch})` to its output"
+        )
     if text:
         lines += [
             f"- text encoder: `{text}` (frozen; `text_encoder/`, `tokenizer/`); cross-attention on its token states",

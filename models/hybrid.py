@@ -30,7 +30,7 @@ from models.fusion import FusionConditioner, attribute_matrix
 from models.generative import Conditions, GenerativeModule
 from models.schedules import with_warmup_cosine
 from models.text_encoder import TextEncoder
-from models.unets import build_conditional_unet
+from models.unets import build_conditional_unet, patchify, unpatchify
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ class HybridDiffusion(GenerativeModule):
         self.warmup_steps = int(warmup_steps)
         self.recon_strength = float(recon_strength)
 
+        unet_cfg = _plain(unet)
+        self.patch_size = int(unet_cfg.get("patch_size", 1))
         self.text_encoder = TextEncoder(**_plain(text_encoder))
         self.fusion = FusionConditioner(
             text_dim=self.text_encoder.hidden_size, attribute_names=self.data_info.attribute_names, **fusion_cfg
@@ -123,7 +125,7 @@ class HybridDiffusion(GenerativeModule):
             image_size=self.image_size,
             encoder_hid_dim=self.text_encoder.hidden_size,
             global_dim=self.fusion.output_dim,
-            **_plain(unet),
+            **unet_cfg,
         )
         self.noise = NoiseProcess(**_plain(noise))
         self.heads = head_sizes(self.data_info)
@@ -213,13 +215,14 @@ class HybridDiffusion(GenerativeModule):
         """Bind conditioning to the UNet: ``fn(x_t (B, 3, H, W), t (B,)) -> model output``."""
 
         def denoise(sample: Tensor, timestep: Tensor) -> Tensor:
-            return self.unet(
-                sample,
+            out = self.unet(
+                patchify(sample, self.patch_size),
                 timestep,
                 encoder_hidden_states=conditioning["tokens"],
                 encoder_attention_mask=conditioning["mask"],
                 class_labels=conditioning["global"],
             ).sample
+            return unpatchify(out, self.patch_size)
 
         return denoise
 

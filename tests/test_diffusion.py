@@ -7,7 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from models.diffusion import NoiseProcess, classifier_free_guidance, sampler_name
-from models.unets import build_conditional_unet, build_unet, count_parameters
+from models.unets import build_conditional_unet, build_unet, count_parameters, patchify, unpatchify
 
 DATA_MEAN, DATA_STD = 0.2, 0.3
 
@@ -130,6 +130,22 @@ def test_unet_builders_share_a_size_family() -> None:
     assert 0 < count_parameters(plain) < count_parameters(conditional)
     with pytest.raises(ValueError, match="divisible"):
         build_unet(image_size=18, block_out_channels=(8, 16, 16), attention_levels=(False, False, True), norm_num_groups=4)
+
+
+def test_patched_unet_runs_on_folded_patches() -> None:
+    images = torch.randn(2, 3, 16, 16)
+    patches = patchify(images, 2)
+    assert patches.shape == (2, 12, 8, 8)
+    assert torch.equal(patches[:, :4, 0, 0].flatten(), images[:, 0, :2, :2].flatten())  # channel 0's top-left 2x2 patch
+    assert torch.equal(unpatchify(patches, 2), images) and patchify(images, 1) is images
+    sizes = dict(block_out_channels=(8, 16), attention_levels=(False, True), attention_head_dim=4, norm_num_groups=4)
+    unet = build_unet(image_size=16, patch_size=2, **sizes)
+    assert (unet.config.sample_size, unet.config.in_channels, unet.config.out_channels) == (8, 12, 12)
+    assert unet(patches, torch.tensor([3, 700])).sample.shape == patches.shape
+    with pytest.raises(ValueError, match="patch_size=3"):
+        build_unet(image_size=16, patch_size=3, **sizes)
+    with pytest.raises(ValueError, match="patch_size = 2 is not divisible by 2\\^2"):  # 16 px / 8 = 2 positions; 3 levels halve twice
+        build_unet(image_size=16, patch_size=8, block_out_channels=(8, 16, 16), attention_levels=(False, False, True), norm_num_groups=4)
 
 
 def test_default_cpu_unet_is_about_two_million_parameters() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from experiments.export import export_model
@@ -72,8 +74,11 @@ def test_export_loads_with_plain_diffusers(model: HybridDiffusion, tmp_path: Pat
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 500])
     conditioning = model.encode_conditions({k: v for k, v in make_batch(2).items() if k != "image"})
     kwargs = dict(encoder_hidden_states=conditioning["tokens"], encoder_attention_mask=conditioning["mask"], class_labels=conditioning["global"])
-    with torch.no_grad():
-        torch.testing.assert_close(unet(x, t, **kwargs).sample, model.unet(x, t, **kwargs).sample)
+    patch = json.loads((out / "dermsynth.json").read_text())["patch_size"]
+    assert patch == model.patch_size == 2 and f"pixel_unshuffle(x, {patch})" in (out / "README.md").read_text()
+    with torch.no_grad():  # the model card's recipe gives the model's own denoiser output
+        exported = F.pixel_shuffle(unet(F.pixel_unshuffle(x, patch), t, **kwargs).sample, patch)
+        torch.testing.assert_close(exported, model(x, t, conditioning))
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
     encoder = AutoModel.from_pretrained(out / "text_encoder")
     assert encoder.config.hidden_size == 384 and tokenizer("a lesion")["input_ids"]

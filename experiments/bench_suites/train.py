@@ -55,6 +55,7 @@ from experiments.bench_suites.common import (
 )
 from models.checkpoint import build_generator
 from models.performance import apply_performance
+from models.unets import patchify, unpatchify
 
 OPTIONS = {
     "budget": "quick",      # the run settings measured (batch, image size, UNet width)
@@ -83,6 +84,7 @@ def bare_loop_times(
     *,
     bf16: bool = False,
     channels_last: bool = False,
+    patch_size: int = 1,
 ) -> list[float]:
     """Step times of a plain PyTorch loop: ddpm's objective on ``unet``, ``clip(parameters)``, optimiser step."""
     optimizer = optimizer_factory(unet.parameters())
@@ -93,7 +95,9 @@ def bare_loop_times(
         synchronize(where)
         start = time.perf_counter()
         with torch.autocast(where.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = noise.training_loss(lambda sample, timestep: unet(sample, timestep).sample, images)
+            loss, _ = noise.training_loss(
+                lambda sample, timestep: unpatchify(unet(patchify(sample, patch_size), timestep).sample, patch_size), images
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip is not None:
@@ -206,6 +210,7 @@ def prefetch(datamodule: Any, count: int) -> list[dict[str, Any]]:
 def knob_ratios(
     unet: torch.nn.Module, noise: torch.nn.Module, optimizer_factory: Callable[..., torch.optim.Optimizer],
     batches: list[dict[str, Any]], warmup: int, clip: Callable[[Any], Any] | None, where: torch.device, compile: bool,
+    patch_size: int = 1,
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
     """Each knob's bare-loop step time / the plain fp32 one, measured one after the other."""
     variants: dict[str, dict[str, Any]] = {
@@ -227,7 +232,7 @@ def knob_ratios(
         try:
             times = bare_loop_times(
                 network, noise, knob.get("optimizer", optimizer_factory), batches, max(warmup, 1) if name == "compile" else warmup, clip, where,
-                bf16=knob.get("bf16", False), channels_last=knob.get("channels_last", False),
+                bf16=knob.get("bf16", False), channels_last=knob.get("channels_last", False), patch_size=patch_size,
             )
         except (RuntimeError, TypeError) as error:  # a knob this torch build or device lacks
             medians[name], notes[name] = None, f"{type(error).__name__}: {str(error).splitlines()[0]}"
@@ -258,7 +263,9 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
     captions: dict[str, list[int]] = defaultdict(list)
     for round_index in range(rounds):
         log.info("train: round %d/%d: bare loop, ddpm and hybrid under Lightning, %d timed steps each", round_index + 1, rounds, per_round)
-        times["bare"] += bare_loop_times(bare_model.unet, bare_model.noise, optimizer_factory, batches[: warmup + per_round], warmup, clip, where)
+        times["bare"] += bare_loop_times(
+            bare_model.unet, bare_model.noise, optimizer_factory, batches[: warmup + per_round], warmup, clip, where, patch_size=bare_model.patch_size
+        )
         timer = StepTimer(warmup)
         timed_fit(ddpm, datamodule, ddpm_cfg, timer, per_round, where)
         times["ddpm"] += timer.times["step"]
@@ -274,7 +281,10 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
     notes: dict[str, Any] = {}
     if flag(options["knobs"]):
         knob_batches = batches[: warmup + int(options["knob_steps"])]
-        knobs, notes = knob_ratios(bare_model.unet, bare_model.noise, optimizer_factory, knob_batches, warmup, clip, where, flag(options["compile"]))
+        knobs, notes = knob_ratios(
+            bare_model.unet, bare_model.noise, optimizer_factory, knob_batches, warmup, clip, where, flag(options["compile"]),
+            patch_size=bare_model.patch_size,
+        )
     batch_size = int(batches[0]["image"].shape[0])
     return {
         "train.lightning_over_bare": ratio(step_s["ddpm"], step_s["bare"]),
