@@ -3,7 +3,8 @@
     python -m experiments.evaluate ckpt=runs/hybrid/2026-01-01_00-00-00/checkpoints/last.ckpt
     python -m experiments.evaluate real=DIR fake=DIR [out=DIR] [data=phantom] [eval.feature_extractor=domain]
 
-Any other ``key=value`` overrides the run config (``eval.num_generated=2000``, ``data.root=...``).
+Any other ``key=value`` overrides the run config (``eval.num_generated=2000``, ``data.root=...``);
+``model.guidance_scale``, ``model.sampler.name`` and ``model.sampler.steps`` change how the checkpoint samples.
 Both modes write ``metrics.json`` (into ``out``, default: the run folder, or ``fake``) and print the
 metrics as one JSON object on the last line of stdout. Folder mode pairs files by name for
 SSIM/PSNR where both folders hold the same names; its domain features need ``data=`` (the data set
@@ -101,6 +102,31 @@ def compose_run_config(base: dict[str, Any] | None, overrides: list[str]) -> Dic
     return cfg
 
 
+SAMPLING_KEYS = {"model.guidance_scale": "guidance_scale", "model.sampler.name": "sampler", "model.sampler.steps": "steps"}
+
+
+def apply_sampling_overrides(model: Any, overrides: list[str]) -> None:
+    """``model.guidance_scale`` / ``model.sampler.name`` / ``model.sampler.steps`` act on the loaded model.
+
+    Other ``model.*`` keys would need retraining: they fail instead of being silently ignored.
+    """
+    from experiments.generate import apply_sampling_settings
+
+    settings: dict[str, Any] = {"guidance_scale": None, "sampler": None, "steps": None}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in SAMPLING_KEYS:
+            settings[SAMPLING_KEYS[key]] = value
+        elif key.startswith("model."):
+            raise ValueError(f"{key}: a trained checkpoint's model cannot change; only {', '.join(SAMPLING_KEYS)} can")
+    apply_sampling_settings(
+        model,
+        None if settings["guidance_scale"] is None else float(settings["guidance_scale"]),
+        settings["sampler"],
+        None if settings["steps"] is None else int(settings["steps"]),
+    )
+
+
 def evaluate(argv: list[str]) -> dict[str, Any]:
     """The command: returns the metrics it wrote."""
     own, overrides = split_arguments(argv)
@@ -108,6 +134,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         checkpoint = read_checkpoint(own["ckpt"])
         cfg = compose_run_config(checkpoint.get("dermsynth_config"), overrides)
         model = load_generator(own["ckpt"], map_location="cuda" if torch.cuda.is_available() else "cpu")
+        apply_sampling_overrides(model, overrides)
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         datamodule.setup()

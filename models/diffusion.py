@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers names; sample = the clean image x0
 
 SAMPLERS: dict[str, type[SchedulerMixin]] = {
     "ddpm": DDPMScheduler,
@@ -76,7 +77,9 @@ class NoiseProcess(nn.Module):
         beta_schedule: ``squaredcos_cap_v2`` (cosine, Nichol & Dhariwal 2021; better at low
             resolution) or ``linear`` / ``scaled_linear``.
         beta_start, beta_end: range of the linear schedules.
-        prediction_type: ``epsilon`` (Ho et al.) or ``v_prediction`` (Salimans & Ho 2022).
+        prediction_type: ``epsilon`` (Ho et al.), ``v_prediction`` (Salimans & Ho 2022) or
+            ``sample`` (the network outputs x0; no noise to copy through the network, so a small,
+            briefly trained model does not leave per-pixel noise in its samples).
         min_snr_gamma: Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv:2303.09556), e.g. 5;
             None trains with the plain (unweighted) MSE.
         clip_sample: clip the predicted clean image to [-1, 1] in DDPM/DDIM steps.
@@ -100,8 +103,8 @@ class NoiseProcess(nn.Module):
         lambda_min_clipped: float = -5.1,
     ) -> None:
         super().__init__()
-        if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got '{prediction_type}'")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got '{prediction_type}'")
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be positive or None, got {min_snr_gamma}")
         self.config: dict[str, Any] = dict(
@@ -157,9 +160,11 @@ class NoiseProcess(nn.Module):
         return sqrt_ab * x0 + sqrt_one_minus_ab * noise
 
     def target(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """The regression target: epsilon, or v = sqrt(a_bar) eps - sqrt(1 - a_bar) x0."""
+        """The regression target: epsilon, x0 itself (``sample``), or v = sqrt(a_bar) eps - sqrt(1 - a_bar) x0."""
         if self.prediction_type == "epsilon":
             return noise
+        if self.prediction_type == "sample":
+            return x0
         sqrt_ab, sqrt_one_minus_ab = self._coefficients(timesteps, x0.ndim)
         return sqrt_ab * noise - sqrt_one_minus_ab * x0
 
@@ -168,6 +173,8 @@ class NoiseProcess(nn.Module):
         sqrt_ab, sqrt_one_minus_ab = self._coefficients(timesteps, noisy.ndim)
         if self.prediction_type == "epsilon":
             return (noisy - sqrt_one_minus_ab * model_output) / sqrt_ab
+        if self.prediction_type == "sample":
+            return model_output
         return sqrt_ab * noisy - sqrt_one_minus_ab * model_output
 
     def loss_weight(self, timesteps: Tensor) -> Tensor:
@@ -179,6 +186,8 @@ class NoiseProcess(nn.Module):
         # eps-loss equals SNR * x0-loss; v-loss equals (SNR + 1) * x0-loss (Hang et al., sec. 3.4)
         if self.prediction_type == "epsilon":
             return (self.min_snr_gamma / snr.clamp_min(1e-12)).clamp(max=1.0)  # min(SNR, g) / SNR, stable at SNR ~ 0
+        if self.prediction_type == "sample":
+            return snr.clamp(max=self.min_snr_gamma)
         return snr.clamp(max=self.min_snr_gamma) / (snr + 1.0)
 
     def training_loss(

@@ -40,10 +40,19 @@ def _plain(value: Any) -> dict[str, Any]:
 
 
 class AlignmentHead(nn.Module):
-    """Small CNN: (B, 3, H, W) in [-1, 1] -> logits per head (diagnosis, attributes, skin tone)."""
+    """Small CNN: (B, 3, H, W) in [-1, 1] -> logits per head (diagnosis, attributes, skin tone).
 
-    def __init__(self, heads: dict[str, int], channels: tuple[int, ...] = (32, 64), groups: int = 8) -> None:
+    ``pool`` > 1 classifies the image average-pooled by that factor. The alignment gradient then
+    reaches only the pooled image, so the denoiser cannot satisfy the head with a pixel-level
+    pattern (an adversarial texture that other classifiers, the evaluation judge among them,
+    also read); with ``unet.patch_size`` = ``pool`` the pattern inside a patch is out of its reach.
+    """
+
+    def __init__(self, heads: dict[str, int], channels: tuple[int, ...] = (32, 64), groups: int = 8, pool: int = 1) -> None:
         super().__init__()
+        if pool < 1:
+            raise ValueError(f"align.pool must be >= 1, got {pool}")
+        self.pool = int(pool)
         layers: list[nn.Module] = []
         previous = 3
         for width in channels:
@@ -53,6 +62,8 @@ class AlignmentHead(nn.Module):
         self.classifiers = nn.ModuleDict({name: nn.Linear(previous, n) for name, n in heads.items()})
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        if self.pool > 1:
+            images = F.avg_pool2d(images, self.pool)
         features = self.body(images)  # (B, channels[-1])
         return {name: head(features) for name, head in self.classifiers.items()}
 
@@ -72,7 +83,8 @@ class HybridDiffusion(GenerativeModule):
             image of the same label, needs ``batch["index"]``; ``batch``: the CNN on
             ``batch["reference"]``, exact but a ResNet-50 forward per step).
         cfg: ``{drop_prob}``: probability of dropping all conditioning of a training row.
-        align: ``{weight, channels}``: alignment-loss weight (0 = off) and classifier widths.
+        align: ``{weight, channels, pool}``: alignment-loss weight (0 = off), classifier widths and
+            the average-pooling factor of its input (see ``AlignmentHead``).
         optimizer: partial optimiser (``torch.optim.AdamW``); ``warmup_steps`` then cosine to 0.
         recon_strength: noise level s of the reconstruction protocol (set by ``eval``).
     """
@@ -109,7 +121,7 @@ class HybridDiffusion(GenerativeModule):
         self.sampler_name, self.sampler_steps = sampler_name(sampler_cfg["name"]), int(sampler_cfg["steps"])
         self.guidance_scale = float(guidance_scale)
         self.drop_prob = float(_plain(cfg).get("drop_prob", 0.1))
-        align_cfg = {"weight": 0.1, "channels": [32, 64], **_plain(align)}
+        align_cfg = {"weight": 0.1, "channels": [32, 64], "pool": 1, **_plain(align)}
         self.align_weight = float(align_cfg["weight"])
         self.optimizer_factory = optimizer
         self.warmup_steps = int(warmup_steps)
@@ -129,7 +141,7 @@ class HybridDiffusion(GenerativeModule):
         )
         self.noise = NoiseProcess(**_plain(noise))
         self.heads = head_sizes(self.data_info)
-        self.align_head = AlignmentHead(self.heads, tuple(align_cfg["channels"])) if self.align_weight > 0 else None
+        self.align_head = AlignmentHead(self.heads, tuple(align_cfg["channels"]), pool=int(align_cfg["pool"])) if self.align_weight > 0 else None
 
     # ---------------------------------------------------------------------------------------
     # conditioning

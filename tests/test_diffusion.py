@@ -21,13 +21,13 @@ def gaussian_oracle(process: NoiseProcess, mean: float = DATA_MEAN, std: float =
         variance = a * a * std * std + b * b
         eps = b * (sample - a * mean) / variance  # E[eps | x_t]
         x0 = mean + a * std * std * (sample - a * mean) / variance  # E[x0 | x_t]
-        return eps if process.prediction_type == "epsilon" else a * eps - b * x0
+        return {"epsilon": eps, "sample": x0, "v_prediction": a * eps - b * x0}[process.prediction_type]
 
     return denoise
 
 
 @pytest.mark.parametrize("schedule", ["squaredcos_cap_v2", "linear"])
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 def test_forward_process_matches_diffusers(schedule: str, prediction: str) -> None:
     process = NoiseProcess(beta_schedule=schedule, prediction_type=prediction)
     reference = DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule, prediction_type=prediction)
@@ -38,6 +38,8 @@ def test_forward_process_matches_diffusers(schedule: str, prediction: str) -> No
     target = process.target(x0, noise, t)
     if prediction == "v_prediction":
         torch.testing.assert_close(target, reference.get_velocity(x0, noise, t), rtol=1e-5, atol=1e-5)
+    if prediction == "sample":
+        assert torch.equal(target, x0)
     # The exact target implies the exact clean image (away from t = T-1 where a_bar ~ 0).
     torch.testing.assert_close(process.predict_x0(noisy, target, t)[:3], x0[:3], rtol=1e-3, atol=1e-3)
 
@@ -58,15 +60,16 @@ def test_training_loss_shapes_weights_and_gradient() -> None:
 
 def test_min_snr_weight_formula() -> None:
     t = torch.tensor([1, 300, 700, 999])
-    for prediction, extra in (("epsilon", 0.0), ("v_prediction", 1.0)):
+    # per-target weights: eps-loss = SNR * x0-loss, v-loss = (SNR + 1) * x0-loss, x0-loss = 1 * x0-loss
+    for prediction, divisor in (("epsilon", lambda snr: snr), ("v_prediction", lambda snr: snr + 1), ("sample", lambda snr: 1.0)):
         process = NoiseProcess(min_snr_gamma=5.0, prediction_type=prediction)
         alpha_bar = process.alphas_cumprod[t]
         snr = alpha_bar / (1 - alpha_bar)
-        torch.testing.assert_close(process.loss_weight(t), snr.clamp(max=5.0) / (snr + extra))
+        torch.testing.assert_close(process.loss_weight(t), snr.clamp(max=5.0) / divisor(snr))
     assert torch.equal(NoiseProcess().loss_weight(t), torch.ones(4))
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("sampler, steps", [("ddpm", 50), ("ddim", 50), ("dpm_solver++", 20), ("dpm_solver++", 10)])
 def test_every_sampler_is_finite_with_the_data_statistics(sampler: str, steps: int, prediction: str) -> None:
     process = NoiseProcess(prediction_type=prediction)  # cosine schedule: the DPM-Solver++ pitfall

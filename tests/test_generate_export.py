@@ -83,3 +83,16 @@ def test_export_loads_with_plain_diffusers(model: HybridDiffusion, tmp_path: Pat
     encoder = AutoModel.from_pretrained(out / "text_encoder")
     assert encoder.config.hidden_size == 384 and tokenizer("a lesion")["input_ids"]
     assert (out / "fusion" / "fusion.safetensors").is_file() and (out / "README.md").read_text().startswith("# DermSynth")
+
+
+def test_evaluate_sampling_overrides_act_on_the_loaded_model(model: HybridDiffusion) -> None:
+    from experiments.evaluate import apply_sampling_overrides
+
+    before = (model.guidance_scale, model.sampler_name, model.sampler_steps)
+    try:
+        apply_sampling_overrides(model, ["model.guidance_scale=4.5", "model.sampler.name=dpm++", "model.sampler.steps=7", "eval.seed=1"])
+        assert (model.guidance_scale, model.sampler_name, model.sampler_steps) == (4.5, "dpm_solver++", 7)
+        with pytest.raises(ValueError, match="model.optimizer.lr: a trained checkpoint's model cannot change"):
+            apply_sampling_overrides(model, ["model.optimizer.lr=1"])
+    finally:
+        model.guidance_scale, model.sampler_name, model.sampler_steps = before

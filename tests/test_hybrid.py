@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -31,7 +32,7 @@ def tiny_model_config(cache_dir: Path, **overrides: Any) -> dict[str, Any]:
         "unet": {"block_out_channels": [8, 16], "attention_levels": [False, True], "attention_head_dim": 4, "norm_num_groups": 4, "cross_attention_dim": 16},
         "sampler": {"name": "ddim", "steps": 4},
         "fusion": {"cnn": "test_resnet", "pretrained": False, "text_components": 4, "visual_components": 4, "max_fit_images": 24},
-        "align": {"channels": [8, 16]},
+        "align": {"channels": [8, 16], "weight": 0.1},  # off in the shipped YAML; on here so that its tests run
     }
     config = OmegaConf.merge(config, tiny, overrides)
     return OmegaConf.to_container(config, resolve=True)
@@ -195,3 +196,18 @@ def test_checkpoint_round_trip_reproduces_samples(model: HybridDiffusion, cache_
     actual = loaded.generate(conditions, 3, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(loaded.fusion.prior(torch.tensor([1]), torch.full((1, 3), -1)), model.fusion.prior(torch.tensor([1]), torch.full((1, 3), -1)))
+
+
+def test_alignment_head_sees_the_pooled_image_only() -> None:
+    from models.hybrid import AlignmentHead
+
+    torch.manual_seed(0)
+    pooled = AlignmentHead({"label": 3}, (8, 16), groups=4, pool=2)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    images.requires_grad_(True)
+    pooled(images)["label"].sum().backward()
+    # Within each 2 x 2 patch the gradient is constant: a pattern inside a patch cannot move the logits.
+    grad = images.grad
+    torch.testing.assert_close(grad, F.interpolate(F.avg_pool2d(grad, 2), scale_factor=2, mode="nearest"))
+    with pytest.raises(ValueError, match="align.pool must be >= 1"):
+        AlignmentHead({"label": 3}, pool=0)
