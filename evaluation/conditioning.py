@@ -8,12 +8,13 @@ figures (accuracy on real test images, pure noise and noised images, beside chan
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from evaluation.judge import Judge
-from models.classifier import ATTRIBUTE_PREFIX, batch_targets
+from models.classifier import ATTRIBUTE_PREFIX, LABEL_HEAD, batch_targets
 
 
 def head_correct(judge: Judge, images: Tensor, conditions: dict[str, Any]) -> dict[str, tuple[Tensor, Tensor]]:
@@ -51,3 +52,42 @@ def conditioning_accuracy(
         "judge": judge.name,
         "judge_sanity": sanity,
     }
+
+
+def accuracy_by_class(correct: dict[str, tuple[Tensor, Tensor]], labels: Tensor, class_names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Per prompted diagnosis: how many samples asked for it and how often the judge reads it."""
+    hit, known = correct[LABEL_HEAD]
+    out: dict[str, dict[str, Any]] = {}
+    for index, name in enumerate(class_names):
+        rows = (labels == index) & known
+        out[name] = {"num_generated": int(rows.sum()), "accuracy": float(hit[rows].float().mean()) if rows.any() else None}
+    return out
+
+
+def save_class_grid(
+    images: Tensor, labels: Tensor, by_class: dict[str, dict[str, Any]], class_names: tuple[str, ...], path: Path, per_class: int = 8
+) -> Path:
+    """One row per diagnosis: the first ``per_class`` samples prompted with it, titled with the judge's accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [i for i, name in enumerate(class_names) if by_class[name]["num_generated"]]
+    figure, axes = plt.subplots(max(1, len(rows)), per_class, figsize=(1.1 * per_class + 2.2, 1.2 * max(1, len(rows))), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for row, index in enumerate(rows):
+        name = class_names[index]
+        chosen = (labels == index).nonzero().flatten()[:per_class].tolist()
+        for column, sample in enumerate(chosen):
+            axes[row, column].imshow(((images[sample].float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy())
+        stats = by_class[name]
+        axes[row, 0].text(-0.15, 0.5, f"{name}\njudge {stats['accuracy']:.0%}\nn = {stats['num_generated']}", transform=axes[row, 0].transAxes,
+                          ha="right", va="center", fontsize=8)
+    figure.suptitle("generated per prompted diagnosis (judge accuracy on all samples of that prompt)", fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

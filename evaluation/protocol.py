@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from datamodules.resumable import rank_and_world
-from evaluation.conditioning import conditioning_accuracy, head_correct_from_logits, summarize
+from evaluation.conditioning import accuracy_by_class, conditioning_accuracy, head_correct_from_logits, save_class_grid, summarize
 from evaluation.data import cache_root, collect, split_hash, take
 from evaluation.features import FeatureExtractor, build_feature_extractor, extract
 from evaluation.fid import RealFeatureCache, all_figures, frechet_distance, inception_score
@@ -212,6 +212,10 @@ def evaluate_generator(model: Any, datamodule: Any, eval_cfg: Any, out_dir: str 
     if rank == 0:
         save_pairs(images[:64], eval_dir / "samples.png") if images.shape[0] else None
         write_sample_table(images[:64], conditions, judge_logits, info, eval_dir)
+        if correct is not None and LABEL_HEAD in correct:
+            labels = torch.as_tensor(conditions["label"]).long()
+            details["cond_accuracy_by_class"] = accuracy_by_class(correct, labels, tuple(info.class_names))
+            save_class_grid(fake_thumbs, labels, details["cond_accuracy_by_class"], tuple(info.class_names), eval_dir / "by_class.png")
         (eval_dir / "details.json").write_text(json.dumps(details, indent=1, default=str))
     return metrics
 

@@ -95,10 +95,16 @@ def test_protocol_fills_every_key_and_ranks_generators(blobs: BlobDataModule, se
     assert good["per_skin_tone"]["generated_tone_source"] == "condition"
     assert bad["per_skin_tone"]["generated_tone_source"] == "judge"
     assert bad["memorization"]["pixel"]["copy_rate"] == 0.0
-    for name in ("samples.png", "closest_pairs.png", "details.json"):
+    for name in ("samples.png", "closest_pairs.png", "details.json", "by_class.png"):
         assert (tmp_path / "good" / "eval" / name).is_file()
+    assert not (tmp_path / "bad" / "eval" / "by_class.png").exists()  # unconditional: no prompted diagnosis
     details = json.loads((tmp_path / "good" / "eval" / "details.json").read_text())
     assert details["fd_floor"]["fid"] >= 0 and details["judge_sanity"]["test_accuracy"] > 0
+    # Per prompted diagnosis: the counts add up, and the count-weighted accuracies give the label accuracy.
+    by_class = details["cond_accuracy_by_class"]
+    assert set(by_class) == set(blobs.info.class_names) and sum(c["num_generated"] for c in by_class.values()) == 64
+    weighted = sum(c["accuracy"] * c["num_generated"] for c in by_class.values() if c["num_generated"]) / 64
+    assert weighted == pytest.approx(cond["per_attribute"]["label"])
 
 
 def test_protocol_is_reproducible_for_a_seed(blobs: BlobDataModule, session_cache: Path, tmp_path: Path) -> None:
