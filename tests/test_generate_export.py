@@ -96,3 +96,14 @@ def test_evaluate_sampling_overrides_act_on_the_loaded_model(model: HybridDiffus
             apply_sampling_overrides(model, ["model.optimizer.lr=1"])
     finally:
         model.guidance_scale, model.sampler_name, model.sampler_steps = before
+
+
+def test_captioned_grid_has_one_row_per_prompt(model: HybridDiffusion, tmp_path: Path) -> None:
+    from experiments.generate import save_captioned_grid
+
+    prompts = ["benign lesion", "normal skin", "malignant lesion with an irregular border"]
+    rows = generate_images(model, tmp_path, prompt_conditions(model, [prompts[i % 3] for i in range(6)]), 6, seed=0)
+    path = save_captioned_grid(rows, tmp_path, columns=2)
+    with Image.open(path) as grid:
+        width, height = grid.size
+    assert path.name == "grid.png" and height > 2.5 * 130 and width > height  # three rows, caption column + two images
