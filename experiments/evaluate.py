@@ -98,7 +98,8 @@ def compose_run_config(base: dict[str, Any] | None, overrides: list[str]) -> Dic
     cfg = OmegaConf.create(base) if base is not None else defaults
     if base is not None and "eval" not in cfg:
         cfg.eval = defaults.eval
-    cfg.merge_with(OmegaConf.from_dotlist([o for o in overrides if "." in o.split("=")[0]]))
+    groups = ("data", "exp", "budget")
+    cfg.merge_with(OmegaConf.from_dotlist([o for o in overrides if o.split("=")[0] not in groups]))  # seed=1 too, not only dotted keys
     return cfg
 
 

@@ -107,3 +107,10 @@ def test_captioned_grid_has_one_row_per_prompt(model: HybridDiffusion, tmp_path:
     with Image.open(path) as grid:
         width, height = grid.size
     assert path.name == "grid.png" and height > 2.5 * 130 and width > height  # three rows, caption column + two images
+
+
+def test_evaluate_applies_plain_and_dotted_overrides_to_the_stored_config() -> None:
+    from experiments.evaluate import compose_run_config
+
+    cfg = compose_run_config({"seed": 0, "eval": {"num_generated": 256}}, ["seed=1", "eval.num_generated=8"])
+    assert cfg.seed == 1 and cfg.eval.num_generated == 8  # seed=1 used to be dropped silently
