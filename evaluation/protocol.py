@@ -255,7 +255,9 @@ def fd_floor(extractor: FeatureExtractor, datamodule: Any, eval_cfg: Any, test_f
     # FD is biased upward at small n: the floor with as many real images as the run generated
     n = min(int(eval_cfg.get("num_generated") or 0), int(val_feats.shape[0]))
     if 1 < n < val_feats.shape[0]:
-        floor.update(fid_at_num_generated=frechet_distance(test_feats, val_feats[:n]), num_generated=n)
+        # a seeded random subset: split files are often sorted (HAM10000 by diagnosis), so the first n are not a sample
+        subset = torch.randperm(val_feats.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+        floor.update(fid_at_num_generated=frechet_distance(test_feats, val_feats[subset.to(val_feats.device)]), num_generated=n)
     return floor
 
 

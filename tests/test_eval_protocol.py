@@ -115,3 +115,18 @@ def test_protocol_is_reproducible_for_a_seed(blobs: BlobDataModule, session_cach
         assert first[key] == second[key], key
     with pytest.raises(ValueError, match="outside the metrics.json schema"):
         evaluate_generator(BlobGenerator(blobs.info), blobs, cfg, tmp_path / "c", extra={"nonsense": 1})
+
+
+def test_fd_floor_subset_is_random_not_the_first_rows(monkeypatch) -> None:
+    """A split sorted by class (as HAM10000's metadata is) must not give a floor from one class only."""
+    import evaluation.protocol as protocol
+
+    g = torch.Generator().manual_seed(0)
+    classes = torch.arange(4).repeat_interleave(250)  # sorted: 250 rows of class 0, then class 1, ...
+    val = torch.randn(1000, 8, generator=g) + 3.0 * torch.nn.functional.one_hot(classes, 8).float()
+    test = torch.randn(1000, 8, generator=g) + 3.0 * torch.nn.functional.one_hot(torch.arange(4).repeat(250), 8).float()
+    monkeypatch.setattr(protocol, "collect", lambda *args, **kwargs: {"image": torch.zeros(1000, 3, 4, 4)})
+    monkeypatch.setattr(protocol, "real_features", lambda *args, **kwargs: (val, None))
+    floor = protocol.fd_floor(None, type("D", (), {"val_set": None})(), {"num_generated": 250}, test, progress=False)
+    first_rows = protocol.frechet_distance(test, val[:250])  # one class only: far from the test split
+    assert floor["num_generated"] == 250 and floor["fid_at_num_generated"] < first_rows / 5
