@@ -127,6 +127,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    # A run stopped by max_time (or at a step between checkpoints) would otherwise leave last.ckpt
+    # behind the model that metrics.json describes; all ranks call it, the strategy writes once.
+    if not last.exists() or torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"] != trainer.global_step:
+        trainer.save_checkpoint(last)
 
     metrics = evaluate_after_fit(cfg, trainer, model, datamodule, output_dir)
     finish(trainer, metrics, output_dir)

@@ -77,6 +77,9 @@ def test_resume_continues_from_last_checkpoint(tmp_path: Path) -> None:
     run(compose_config(*smoke_overrides(output_dir, "ddpm")))
     metrics = run(compose_config(*smoke_overrides(output_dir, "ddpm", "trainer.max_steps=4")))
     assert metrics["train_steps"] == 4
+    # Stopped between checkpoint steps: last.ckpt still holds the evaluated model.
+    metrics = run(compose_config(*smoke_overrides(output_dir, "ddpm", "trainer.max_steps=7", "callbacks.checkpoint.every_n_train_steps=100")))
+    assert metrics["train_steps"] == 7 == torch.load(output_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
 
 
 def _cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
