@@ -68,26 +68,14 @@ def save_class_grid(
     images: Tensor, labels: Tensor, by_class: dict[str, dict[str, Any]], class_names: tuple[str, ...], path: Path, per_class: int = 8
 ) -> Path:
     """One row per diagnosis: the first ``per_class`` samples prompted with it, titled with the judge's accuracy."""
-    import matplotlib
+    from evaluation.row_grid import save_captioned_rows
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [i for i, name in enumerate(class_names) if by_class[name]["num_generated"]]
-    figure, axes = plt.subplots(max(1, len(rows)), per_class, figsize=(1.1 * per_class + 2.2, 1.2 * max(1, len(rows))), squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for row, index in enumerate(rows):
-        name = class_names[index]
-        chosen = (labels == index).nonzero().flatten()[:per_class].tolist()
-        for column, sample in enumerate(chosen):
-            axes[row, column].imshow(((images[sample].float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy())
+    pixels = ((images.float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    rows = []
+    for index, name in enumerate(class_names):
         stats = by_class[name]
-        axes[row, 0].text(-0.15, 0.5, f"{name}\njudge {stats['accuracy']:.0%}\nn = {stats['num_generated']}", transform=axes[row, 0].transAxes,
-                          ha="right", va="center", fontsize=8)
-    figure.suptitle("generated per prompted diagnosis (judge accuracy on all samples of that prompt)", fontsize=9)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+        if stats["num_generated"]:
+            chosen = (labels == index).nonzero().flatten()[:per_class].tolist()
+            rows.append((f"{name}\njudge {stats['accuracy']:.0%}\nn = {stats['num_generated']}", [pixels[i] for i in chosen]))
+    title = "generated per prompted diagnosis (judge accuracy on all samples of that prompt)"
+    return save_captioned_rows(rows, path, per_class, title=title, dpi=110)

@@ -113,19 +113,14 @@ def apply_sampling_overrides(model: Any, overrides: list[str]) -> None:
     """
     from experiments.generate import apply_sampling_settings
 
-    settings: dict[str, Any] = {"guidance_scale": None, "sampler": None, "steps": None}
+    settings: dict[str, str | None] = dict.fromkeys(SAMPLING_KEYS.values())
     for override in overrides:
         key, _, value = override.partition("=")
         if key in SAMPLING_KEYS:
             settings[SAMPLING_KEYS[key]] = value
         elif key.startswith("model."):
             raise ValueError(f"{key}: a trained checkpoint's model cannot change; only {', '.join(SAMPLING_KEYS)} can")
-    apply_sampling_settings(
-        model,
-        None if settings["guidance_scale"] is None else float(settings["guidance_scale"]),
-        settings["sampler"],
-        None if settings["steps"] is None else int(settings["steps"]),
-    )
+    apply_sampling_settings(model, settings["guidance_scale"], settings["sampler"], settings["steps"])  # cast to the model's types
 
 
 def evaluate(argv: list[str]) -> dict[str, Any]:

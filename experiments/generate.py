@@ -183,30 +183,19 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
 
 def save_captioned_grid(rows: list[dict[str, Any]], out: Path, columns: int = 8) -> Path:
     """``out/grid.png``: one row per distinct prompt (first ``columns`` images of it), the prompt wrapped beside it."""
-    import textwrap
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from evaluation.row_grid import save_captioned_rows
 
     by_prompt: dict[str, list[str]] = {}
     for row in rows:
         by_prompt.setdefault(row["prompt"], []).append(row["file"])
-    figure, axes = plt.subplots(len(by_prompt), columns + 1, figsize=(1.1 * columns + 2.7, 1.15 * len(by_prompt)), squeeze=False,
-                                gridspec_kw={"width_ratios": [2.4] + [1] * columns})
-    for axis in axes.flat:
-        axis.axis("off")
-    for line, (prompt, files) in enumerate(by_prompt.items()):
-        axes[line, 0].text(1.0, 0.5, textwrap.fill(prompt or "(unconditional)", 44), ha="right", va="center", fontsize=5.5, transform=axes[line, 0].transAxes)
-        for column, name in enumerate(files[:columns]):
+    captioned = []
+    for prompt, files in by_prompt.items():
+        images = []
+        for name in files[:columns]:
             with Image.open(out / name) as image:
-                axes[line, column + 1].imshow(np.asarray(image.convert("RGB")))
-    figure.tight_layout(pad=0.3)
-    path = out / "grid.png"
-    figure.savefig(path, dpi=130)
-    plt.close(figure)
-    return path
+                images.append(np.asarray(image.convert("RGB")))
+        captioned.append((prompt or "(unconditional)", images))
+    return save_captioned_rows(captioned, out / "grid.png", columns)
 
 
 def main() -> None:
