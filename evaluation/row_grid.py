@@ -23,7 +23,7 @@ def save_captioned_rows(
     # The caption column is as wide as its longest line (6 pt text: ~0.04 in per character), so short labels waste no space.
     longest = max((len(line) for text in texts for line in text.split("\n")), default=0)
     label_width = min(2.4, 0.3 + 0.04 * longest)
-    title_height = 0.3 if title else 0.0  # inches above the first row
+    title_height = 0.2 if title else 0.0  # inches above the first row
     height = 1.15 * count + title_height
     figure, axes = plt.subplots(count, columns + 1, figsize=(1.1 * columns + label_width + 0.3, height), squeeze=False,
                                 gridspec_kw={"width_ratios": [label_width] + [1] * columns})
