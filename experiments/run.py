@@ -128,8 +128,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("Resuming from %s", ckpt_path)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     # A run stopped by max_time (or at a step between checkpoints) would otherwise leave last.ckpt
-    # behind the model that metrics.json describes; all ranks call it, the strategy writes once.
-    if not last.exists() or torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"] != trainer.global_step:
+    # behind the model that metrics.json describes. Rank 0 decides (on nodes without a shared disk only
+    # it sees the file) and every rank follows, since save_checkpoint ends in a barrier.
+    behind = trainer.is_global_zero and (
+        not last.exists() or torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"] != trainer.global_step
+    )
+    if trainer.strategy.broadcast(behind, src=0):
         trainer.save_checkpoint(last)
 
     metrics = evaluate_after_fit(cfg, trainer, model, datamodule, output_dir)
