@@ -45,10 +45,11 @@ class SkinDataset(Dataset):
         labels: (N,) int64 diagnosis indices.
     """
 
-    def __init__(self, table: SplitTable, augment: Augment | None = None, with_reference: bool = False):
+    def __init__(self, table: SplitTable, augment: Augment | None = None, with_reference: bool = False, with_index: bool = False):
         self.table = table
         self.augment = augment
         self.with_reference = with_reference
+        self.with_index = with_index
         self.image_ids = table.image_ids
         self.lesion_ids = table.lesion_ids
         self.labels = table.labels
@@ -76,6 +77,8 @@ class SkinDataset(Dataset):
         }
         if self.with_reference:
             item["reference"] = self.image(self.reference_index(index))
+        if self.with_index:
+            item["index"] = int(index)
         return item
 
     def reference_index(self, index: int) -> int:
@@ -104,6 +107,8 @@ def collate_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if "reference" in items[0]:
         batch["reference"] = torch.stack([item["reference"] for item in items])
+    if "index" in items[0]:
+        batch["index"] = torch.tensor([item["index"] for item in items])
     return batch
 
 
@@ -119,6 +124,8 @@ class SkinDataModule(L.LightningDataModule):
         val_fraction / test_fraction: split shares where the source has no official split.
         cache_dir: where decoded images live; default ``$DERMSYNTH_CACHE`` or ``~/.cache/dermsynth``.
         with_reference: training items also carry ``reference``, another image of the same label.
+        with_index: training items also carry ``index``, their position in the training split (the
+            hybrid's table references and retrieval prior leave the target out by it).
         augment / augment_flips / augment_rot90 / augment_brightness: training-split augmentation.
         denoise_sigma / color_constancy: preprocessing applied once before caching.
         class_names: fixes the class vocabulary of ``isic`` and ``folder`` (unknown labels then fail).
@@ -142,6 +149,7 @@ class SkinDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         cache_dir: str | None = None,
         with_reference: bool = False,
+        with_index: bool = False,
         augment: bool = True,
         augment_flips: bool = True,
         augment_rot90: bool = True,
@@ -166,6 +174,7 @@ class SkinDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.with_reference = with_reference
+        self.with_index = with_index
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.augmentation = Augment(augment_flips, augment_rot90, augment_brightness) if augment else None
@@ -194,7 +203,7 @@ class SkinDataModule(L.LightningDataModule):
         table = self._load(self.request)
         self.table = table
         self._info = replace(table.info, fingerprint=table.fingerprint())
-        self.train_set = SkinDataset(table.splits["train"], self.augmentation, self.with_reference)
+        self.train_set = SkinDataset(table.splits["train"], self.augmentation, self.with_reference, self.with_index)
         self.val_set = SkinDataset(table.splits["val"])
         self.test_set = SkinDataset(table.splits["test"])
 

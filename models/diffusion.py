@@ -81,7 +81,11 @@ class NoiseProcess(nn.Module):
             ``sample`` (the network outputs x0; no noise to copy through the network, so a small,
             briefly trained model does not leave per-pixel noise in its samples).
         min_snr_gamma: Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv:2303.09556), e.g. 5;
-            None trains with the plain (unweighted) MSE.
+            None trains with the plain (unweighted) MSE. In x0-loss terms the weight is min(SNR, gamma).
+        snr_floor: lower bound of that x0-loss weight, max(min(SNR, gamma), floor); 1 keeps the
+            high-noise levels at their plain x0-loss weight (the "truncated SNR" of Salimans & Ho
+            2022) while the low-noise levels, where fine detail is decided, gain up to gamma.
+            0 is plain Min-SNR. Needs ``min_snr_gamma``.
         clip_sample: clip the predicted clean image to [-1, 1] in DDPM/DDIM steps.
         timestep_spacing: ``trailing`` starts sampling at t = T-1, where the cosine schedule is
             pure noise (Lin et al. 2023, arXiv:2305.08891); ``leading`` / ``linspace`` as diffusers.
@@ -98,6 +102,7 @@ class NoiseProcess(nn.Module):
         beta_end: float = 0.02,
         prediction_type: str = "epsilon",
         min_snr_gamma: float | None = None,
+        snr_floor: float = 0.0,
         clip_sample: bool = True,
         timestep_spacing: str = "trailing",
         lambda_min_clipped: float = -5.1,
@@ -107,6 +112,10 @@ class NoiseProcess(nn.Module):
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got '{prediction_type}'")
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be positive or None, got {min_snr_gamma}")
+        if snr_floor < 0 or (snr_floor > 0 and (min_snr_gamma is None or snr_floor > min_snr_gamma)):
+            raise ValueError(f"snr_floor must be in [0, min_snr_gamma] and needs min_snr_gamma, got {snr_floor} (gamma {min_snr_gamma})")
+        if snr_floor > 0 and prediction_type == "epsilon":
+            raise ValueError("snr_floor needs prediction_type sample or v_prediction: as eps-loss weight it is floor / SNR, unbounded as t -> T")
         self.config: dict[str, Any] = dict(
             num_train_timesteps=num_train_timesteps,
             beta_schedule=beta_schedule,
@@ -124,6 +133,7 @@ class NoiseProcess(nn.Module):
         )
         self.prediction_type = prediction_type
         self.min_snr_gamma = min_snr_gamma
+        self.snr_floor = float(snr_floor)
         self.num_train_timesteps = num_train_timesteps
         train_scheduler = self.scheduler("ddpm")  # also validates the schedule name
         # Derived from the config, so not saved: checkpoints stay valid if diffusers changes dtype.
@@ -178,17 +188,18 @@ class NoiseProcess(nn.Module):
         return sqrt_ab * noisy - sqrt_one_minus_ab * model_output
 
     def loss_weight(self, timesteps: Tensor) -> Tensor:
-        """Per-sample weight (B,): ones, or Min-SNR-gamma expressed for the chosen target."""
+        """Per-sample weight (B,): ones, or clamp(SNR, floor, gamma) as x0-loss weight, expressed for the target."""
         if self.min_snr_gamma is None:
             return torch.ones(timesteps.shape[0], device=timesteps.device)
         alpha_bar = self.alphas_cumprod[timesteps]
         snr = alpha_bar / (1.0 - alpha_bar).clamp_min(1e-8)
+        x0_weight = snr.clamp(min=self.snr_floor, max=self.min_snr_gamma)
         # eps-loss equals SNR * x0-loss; v-loss equals (SNR + 1) * x0-loss (Hang et al., sec. 3.4)
-        if self.prediction_type == "epsilon":
-            return (self.min_snr_gamma / snr.clamp_min(1e-12)).clamp(max=1.0)  # min(SNR, g) / SNR, stable at SNR ~ 0
+        if self.prediction_type == "epsilon":  # min(SNR, g) / SNR, stable at SNR ~ 0 (the floor is refused for eps)
+            return (self.min_snr_gamma / snr.clamp_min(1e-12)).clamp(max=1.0)
         if self.prediction_type == "sample":
-            return snr.clamp(max=self.min_snr_gamma)
-        return snr.clamp(max=self.min_snr_gamma) / (snr + 1.0)
+            return x0_weight
+        return x0_weight / (snr + 1.0)
 
     def training_loss(
         self, denoise_fn: DenoiseFn, x0: Tensor, generator: torch.Generator | None = None
@@ -298,5 +309,5 @@ class NoiseProcess(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"T={self.num_train_timesteps}, schedule={self.config['beta_schedule']}, "
-            f"prediction={self.prediction_type}, min_snr_gamma={self.min_snr_gamma}"
+            f"prediction={self.prediction_type}, min_snr_gamma={self.min_snr_gamma}, snr_floor={self.snr_floor}"
         )

@@ -220,11 +220,13 @@ class FusionConditioner(nn.Module):
         """(B, F) CNN features -> standardised PCA coordinates (B, visual_components)."""
         return (features - self.visual_mean) @ self.visual_basis.T / self.visual_scale
 
-    def prior(self, labels: Tensor, attributes: Tensor) -> Tensor:
+    def prior(self, labels: Tensor, attributes: Tensor, exclude: Tensor | None = None) -> Tensor:
         """Retrieval prior (B, visual_components): mean code of the table entries matching best.
 
         The diagnosis dominates the match (weight 100), then the count of agreeing known
-        attributes; ties are averaged. An empty table (unfitted model) gives zeros.
+        attributes; ties are averaged. An empty table (unfitted model) gives zeros. ``exclude``
+        (B,) training-set indices left out for that row: in training the target itself, which
+        always matches best and would otherwise often be the prior's only entry.
         """
         size = int(self.table_size)
         if size == 0:
@@ -235,6 +237,13 @@ class FusionConditioner(nn.Module):
         known = (attributes[:, None] >= 0) & (table_attributes[None] >= 0)  # (B, M, A + 1)
         agree = ((attributes[:, None] == table_attributes[None]) & known).sum(-1)  # (B, M)
         score = 100 * label_match.long() + agree
+        if exclude is not None:
+            exclude = exclude.to(score.device)
+            is_target = (self.table_index[None, :size] == exclude[:, None]) & (exclude[:, None] >= 0)
+            masked = score.masked_fill(is_target, -1)
+            # A target that is its label's only table entry stays: a prior of another label is worse.
+            lost_label = (score.max(dim=1).values >= 100) & (masked.max(dim=1).values < 100)
+            score = torch.where(lost_label[:, None], score, masked)
         selected = (score == score.max(dim=1, keepdim=True).values).float()  # (B, M)
         return selected @ self.table_codes[:size] / selected.sum(1, keepdim=True)
 

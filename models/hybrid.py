@@ -154,12 +154,13 @@ class HybridDiffusion(GenerativeModule):
         if not self.fusion.enabled:
             return None
         count = labels.shape[0]
-        codes = self.fusion.prior(labels, attributes)
         reference, index = batch.get("reference"), batch.get("index")
+        exclude = torch.as_tensor(index).long() if training and index is not None else None
+        codes = self.fusion.prior(labels, attributes, exclude=exclude)
         if training:
             # The reference is never the target: the data module draws a different image
-            # (``reference``), and table entries of the target's own index are excluded; with
-            # neither at hand the row keeps the prior (a mean over many images).
+            # (``reference``), and table entries of the target's own index are excluded, from
+            # the prior too; with neither at hand the row keeps the prior.
             use_reference = torch.rand(count, device=codes.device) >= self.prior_prob
             use_table = index is not None and int(self.fusion.table_size) > 0
             if reference is not None and (self.reference_source == "batch" or not use_table):
@@ -296,9 +297,17 @@ class HybridDiffusion(GenerativeModule):
 
     def on_fit_start(self) -> None:
         """Fit the fusion PCAs and retrieval table on the training split (skipped when resumed)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        train_set = getattr(datamodule, "train_set", None)
+        if self.fusion.enabled and self.prior_prob < 1 and train_set is not None:
+            needs = "with_index" if self.reference_source == "table" else "with_reference"
+            if not getattr(train_set, needs, True):
+                log.warning(
+                    "fusion.reference_source=%s needs data.%s=true; without it every training row is conditioned on the "
+                    "retrieval prior (as with fusion.prior_prob=1)", self.reference_source, needs
+                )
         if bool(self.fusion.fitted):
             return
-        datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             raise RuntimeError("HybridDiffusion needs a datamodule to fit its fusion PCA on the training split")
         captions = getattr(getattr(datamodule, "train_set", None), "captions", None)

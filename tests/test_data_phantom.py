@@ -102,6 +102,18 @@ def test_batch_contract_and_reference(tmp_path) -> None:
         assert dataset.labels[other] == dataset.labels[index]
         assert other != index or (dataset.labels == dataset.labels[index]).sum() == 1
     assert dm.info.num_classes == 3 and dm.info.skin_tones and dm.info.fingerprint
+    assert "index" not in batch  # only on request
+
+
+def test_training_items_carry_their_split_index(tmp_path) -> None:
+    dm = small(cache_dir=tmp_path, with_index=True, augment=False)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["index"].dtype == torch.long and batch["index"].shape == (8,)
+    for row, index in enumerate(batch["index"].tolist()):  # the index names the very image of its row
+        torch.testing.assert_close(batch["image"][row], dm.train_set[index]["image"])
+        assert batch["caption"][row] == dm.train_set.captions[index]
+    assert "index" not in next(iter(dm.val_dataloader()))
 
 
 def test_uci_palette_matches_the_built_in_one(shared_data) -> None:

@@ -69,6 +69,20 @@ def test_min_snr_weight_formula() -> None:
     assert torch.equal(NoiseProcess().loss_weight(t), torch.ones(4))
 
 
+def test_snr_floor_keeps_high_noise_weight_and_caps_low_noise() -> None:
+    t = torch.tensor([1, 300, 700, 999])  # cosine SNR: 11435, 3.66, 0.25, ~0
+    for prediction, divisor in (("v_prediction", lambda snr: snr + 1), ("sample", lambda snr: 1.0)):
+        process = NoiseProcess(min_snr_gamma=5.0, snr_floor=1.0, prediction_type=prediction)
+        alpha_bar = process.alphas_cumprod[t]
+        snr = alpha_bar / (1 - alpha_bar)
+        x0_weight = process.loss_weight(t) * divisor(snr)
+        torch.testing.assert_close(x0_weight, torch.stack([torch.tensor(5.0), snr[1], torch.tensor(1.0), torch.tensor(1.0)]))
+    with pytest.raises(ValueError, match="snr_floor"):
+        NoiseProcess(min_snr_gamma=5.0, snr_floor=1.0, prediction_type="epsilon")
+    with pytest.raises(ValueError, match="snr_floor"):
+        NoiseProcess(snr_floor=1.0)  # no gamma to cap it
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("sampler, steps", [("ddpm", 50), ("ddim", 50), ("dpm_solver++", 20), ("dpm_solver++", 10)])
 def test_every_sampler_is_finite_with_the_data_statistics(sampler: str, steps: int, prediction: str) -> None:

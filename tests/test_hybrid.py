@@ -170,6 +170,15 @@ def test_retrieval_prior_matches_attributes() -> None:
     torch.testing.assert_close(prior[0], codes[1])  # benign + irregular: exactly one image
     torch.testing.assert_close(prior[1], codes[2:4].mean(0))  # malignant, border unknown: both
     assert fusion.table_size == 4 and fusion.fitted
+    # In training the target is left out, though it always matches best; a label's only entry stays.
+    fusion.fit(torch.randn(4, 8), features, labels, attribute_matrix(batch, ("border",), 4), indices=torch.tensor([10, 11, 12, 13]))
+    own = attribute_matrix(batch, ("border",), 4)
+    torch.testing.assert_close(fusion.prior(labels, own), codes)  # without exclusion: each row's own code
+    left_out = fusion.prior(labels, own, exclude=torch.tensor([10, 11, 12, 13]))
+    torch.testing.assert_close(left_out, codes[[1, 0, 3, 2]])  # the other image of the same diagnosis
+    fusion.fit(torch.randn(3, 8), features[:3], labels[:3], own[:3], indices=torch.tensor([10, 11, 12]))
+    lone = fusion.prior(labels[2:3], own[2:3], exclude=torch.tensor([12]))
+    torch.testing.assert_close(lone, fusion.table_codes[2:3])  # the only malignant entry is kept
 
 
 def test_fusion_ablation(cache_dir: Path) -> None:
