@@ -198,12 +198,14 @@ def make_plots(rows: list[dict[str, Any]], runs: list[dict[str, Any]], plot_dir:
             m = run["metrics"]
             if m.get(x_key) is not None and m.get("fid") is not None:
                 by_exp[str(m.get("exp"))].append((m[x_key], m["fid"]))
+        curves = _val_fd_curves(runs) if x_key == "train_steps" else {}
+        palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        colour = {exp: palette[k % len(palette)] for k, exp in enumerate(sorted(set(by_exp) | set(curves)))}  # one per exp
         for exp, points in sorted(by_exp.items()):
             points.sort()
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=exp)
-        if x_key == "train_steps":
-            for exp, points in _val_fd_curves(runs).items():
-                axis.plot([p[0] for p in points], [p[1] for p in points], alpha=0.5, linestyle="--", label=f"{exp} (val/fd)")
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colour[exp], label=exp)
+        for exp, points in sorted(curves.items()):
+            axis.plot([p[0] for p in points], [p[1] for p in points], alpha=0.5, linestyle="--", color=colour[exp], label=f"{exp} (val/fd)")
         axis.set_xlabel(label)
         axis.set_ylabel("FD")
         if by_exp:
