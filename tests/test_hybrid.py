@@ -8,12 +8,15 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from datamodules.info import DataInfo
 from models.fusion import FusionConditioner, attribute_matrix
 from models.hybrid import HybridDiffusion
+from experiments import CONFIG_DIR
+from tests.helpers import experiment_names
 
 INFO = DataInfo(
     source="phantom",
@@ -143,6 +146,20 @@ def test_reference_is_never_the_target() -> None:
         matches = (picked[:, None] - codes[None]).abs().sum(-1).argmin(1)  # which table row was picked
         assert (matches != torch.arange(12)).all()
         assert (labels[matches] == labels).all()
+
+
+def test_hybrid_experiments_give_training_batches_what_the_reference_needs() -> None:
+    # Without data.with_index the table references never happen: every row falls back to the prior.
+    checked = []
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        configs = {exp: compose(config_name="config", overrides=[f"exp={exp}"]) for exp in experiment_names()}
+    for exp, cfg in configs.items():
+        if cfg.model._target_ != "models.hybrid.HybridDiffusion" or not cfg.model.fusion.enabled:
+            continue
+        needs = "with_index" if cfg.model.fusion.reference_source == "table" else "with_reference"
+        assert cfg.data[needs], f"exp={exp}: fusion.reference_source={cfg.model.fusion.reference_source} needs data.{needs}=true"
+        checked.append(exp)
+    assert "hybrid" in checked and len(checked) >= 5
 
 
 def test_training_uses_the_batch_reference_not_the_image(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
