@@ -193,10 +193,10 @@ class NoiseProcess(nn.Module):
             return torch.ones(timesteps.shape[0], device=timesteps.device)
         alpha_bar = self.alphas_cumprod[timesteps]
         snr = alpha_bar / (1.0 - alpha_bar).clamp_min(1e-8)
-        x0_weight = snr.clamp(min=self.snr_floor, max=self.min_snr_gamma)
         # eps-loss equals SNR * x0-loss; v-loss equals (SNR + 1) * x0-loss (Hang et al., sec. 3.4)
         if self.prediction_type == "epsilon":  # min(SNR, g) / SNR, stable at SNR ~ 0 (the floor is refused for eps)
             return (self.min_snr_gamma / snr.clamp_min(1e-12)).clamp(max=1.0)
+        x0_weight = snr.clamp(min=self.snr_floor, max=self.min_snr_gamma)
         if self.prediction_type == "sample":
             return x0_weight
         return x0_weight / (snr + 1.0)

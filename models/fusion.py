@@ -220,6 +220,11 @@ class FusionConditioner(nn.Module):
         """(B, F) CNN features -> standardised PCA coordinates (B, visual_components)."""
         return (features - self.visual_mean) @ self.visual_basis.T / self.visual_scale
 
+    def _is_excluded(self, exclude: Tensor, size: int) -> Tensor:
+        """(B, M) True where table entry m is row b's excluded training index (-1 excludes nothing)."""
+        exclude = exclude.to(self.table_index.device)
+        return (self.table_index[None, :size] == exclude[:, None]) & (exclude[:, None] >= 0)
+
     def prior(self, labels: Tensor, attributes: Tensor, exclude: Tensor | None = None) -> Tensor:
         """Retrieval prior (B, visual_components): mean code of the table entries matching best.
 
@@ -238,9 +243,7 @@ class FusionConditioner(nn.Module):
         agree = ((attributes[:, None] == table_attributes[None]) & known).sum(-1)  # (B, M)
         score = 100 * label_match.long() + agree
         if exclude is not None:
-            exclude = exclude.to(score.device)
-            is_target = (self.table_index[None, :size] == exclude[:, None]) & (exclude[:, None] >= 0)
-            masked = score.masked_fill(is_target, -1)
+            masked = score.masked_fill(self._is_excluded(exclude, size), -1)
             # A target that is its label's only table entry stays: a prior of another label is worse.
             lost_label = (score.max(dim=1).values >= 100) & (masked.max(dim=1).values < 100)
             score = torch.where(lost_label[:, None], score, masked)
@@ -256,9 +259,7 @@ class FusionConditioner(nn.Module):
         size = int(self.table_size)
         candidates = (labels.to(self.table_labels.device)[:, None] == self.table_labels[None, :size]).float()  # (B, M)
         if exclude is not None:
-            exclude = exclude.to(candidates.device)
-            is_target = (self.table_index[None, :size] == exclude[:, None]) & (exclude[:, None] >= 0)
-            candidates = candidates.masked_fill(is_target, 0.0)
+            candidates = candidates.masked_fill(self._is_excluded(exclude, size), 0.0)
         empty = candidates.sum(1) == 0
         candidates[empty] = 1.0 / max(size, 1)  # placeholder; replaced by the prior below
         uniform = torch.rand(candidates.shape, generator=generator, device="cpu").to(candidates.device)

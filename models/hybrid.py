@@ -310,7 +310,7 @@ class HybridDiffusion(GenerativeModule):
             return
         if datamodule is None:
             raise RuntimeError("HybridDiffusion needs a datamodule to fit its fusion PCA on the training split")
-        captions = getattr(getattr(datamodule, "train_set", None), "captions", None)
+        captions = getattr(train_set, "captions", None)
         if captions is not None:  # embed every training caption once, in large batches
             self.text_encoder.warm(list(captions), device=self.device)
         self.fit_fusion(self._fit_batches(datamodule))
