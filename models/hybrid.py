@@ -14,6 +14,7 @@ loss, samplers, shared with ``ddpm``/``ddpm_class``) and this LightningModule.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.func import functional_call
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from datamodules.info import DataInfo
 from models.classifier import batch_targets, head_sizes
@@ -46,13 +48,24 @@ class AlignmentHead(nn.Module):
     reaches only the pooled image, so the denoiser cannot satisfy the head with a pixel-level
     pattern (an adversarial texture that other classifiers, the evaluation judge among them,
     also read); with ``unet.patch_size`` = ``pool`` the pattern inside a patch is out of its reach.
+
+    ``blur`` > 0 classifies the image low-passed by a Gaussian of that standard deviation (pixels).
+    The backward pass of a blur is the same blur, so the gradient into x0 carries no fine grid;
+    pooling alone leaves it constant over each pooled block, and the strided convolutions add a
+    checkerboard. It does not make the loss safe: on the quick run the denoiser still learned
+    fine stripes under a blurred head (README), so the textures come from the training dynamics,
+    not only from the gradient's spectrum.
     """
 
-    def __init__(self, heads: dict[str, int], channels: tuple[int, ...] = (32, 64), groups: int = 8, pool: int = 1) -> None:
+    def __init__(
+        self, heads: dict[str, int], channels: tuple[int, ...] = (32, 64), groups: int = 8, pool: int = 1, blur: float = 0.0
+    ) -> None:
         super().__init__()
         if pool < 1:
             raise ValueError(f"align.pool must be >= 1, got {pool}")
-        self.pool = int(pool)
+        if blur < 0:
+            raise ValueError(f"align.blur must be >= 0 (a Gaussian's standard deviation in pixels), got {blur}")
+        self.pool, self.blur = int(pool), float(blur)
         layers: list[nn.Module] = []
         previous = 3
         for width in channels:
@@ -62,6 +75,8 @@ class AlignmentHead(nn.Module):
         self.classifiers = nn.ModuleDict({name: nn.Linear(previous, n) for name, n in heads.items()})
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        if self.blur > 0:
+            images = gaussian_blur(images, kernel_size=2 * math.ceil(3 * self.blur) + 1, sigma=self.blur)
         if self.pool > 1:
             images = F.avg_pool2d(images, self.pool)
         features = self.body(images)  # (B, channels[-1])
@@ -83,8 +98,8 @@ class HybridDiffusion(GenerativeModule):
             image of the same label, needs ``batch["index"]``; ``batch``: the CNN on
             ``batch["reference"]``, exact but a ResNet-50 forward per step).
         cfg: ``{drop_prob}``: probability of dropping all conditioning of a training row.
-        align: ``{weight, channels, pool}``: alignment-loss weight (0 = off), classifier widths and
-            the average-pooling factor of its input (see ``AlignmentHead``).
+        align: ``{weight, channels, pool, blur}``: alignment-loss weight (0 = off), classifier widths,
+            the average-pooling factor and Gaussian low-pass of its input (see ``AlignmentHead``).
         optimizer: partial optimiser (``torch.optim.AdamW``); ``warmup_steps`` then cosine to 0.
         recon_strength: noise level s of the reconstruction protocol (set by ``eval``).
     """
@@ -121,7 +136,7 @@ class HybridDiffusion(GenerativeModule):
         self.sampler_name, self.sampler_steps = sampler_name(sampler_cfg["name"]), int(sampler_cfg["steps"])
         self.guidance_scale = float(guidance_scale)
         self.drop_prob = float(_plain(cfg).get("drop_prob", 0.1))
-        align_cfg = {"weight": 0.1, "channels": [32, 64], "pool": 1, **_plain(align)}
+        align_cfg = {"weight": 0.1, "channels": [32, 64], "pool": 1, "blur": 0.0, **_plain(align)}
         self.align_weight = float(align_cfg["weight"])
         self.optimizer_factory = optimizer
         self.warmup_steps = int(warmup_steps)
@@ -141,7 +156,11 @@ class HybridDiffusion(GenerativeModule):
         )
         self.noise = NoiseProcess(**_plain(noise))
         self.heads = head_sizes(self.data_info)
-        self.align_head = AlignmentHead(self.heads, tuple(align_cfg["channels"]), pool=int(align_cfg["pool"])) if self.align_weight > 0 else None
+        self.align_head = (
+            AlignmentHead(self.heads, tuple(align_cfg["channels"]), pool=int(align_cfg["pool"]), blur=float(align_cfg["blur"]))
+            if self.align_weight > 0
+            else None
+        )
 
     # ---------------------------------------------------------------------------------------
     # conditioning

@@ -69,6 +69,7 @@ def build_unet(
     norm_num_groups: int = 8,
     dropout: float = 0.0,
     patch_size: int = 1,
+    time_scale_shift: bool = False,
     num_class_embeds: int | None = None,
     class_embed_type: str | None = None,
 ) -> UNet2DModel:
@@ -94,6 +95,7 @@ def build_unet(
         dropout=dropout,
         num_class_embeds=num_class_embeds,
         class_embed_type=class_embed_type,
+        resnet_time_scale_shift="scale_shift" if time_scale_shift else "default",
     )
 
 
@@ -109,6 +111,7 @@ def build_conditional_unet(
     norm_num_groups: int = 8,
     dropout: float = 0.0,
     patch_size: int = 1,
+    time_scale_shift: bool = False,
     cross_attention_dim: int = 128,
     encoder_hid_dim: int | None = None,
     global_dim: int | None = None,
@@ -122,6 +125,8 @@ def build_conditional_unet(
         global_dim: width of the global conditioning vector, projected by an MLP and added to
             the timestep embedding (diffusers ``class_embed_type="projection"``); None = none.
         patch_size: the model takes ``patchify(images, patch_size)`` (see the module docstring).
+        time_scale_shift: the timestep (+ global) embedding scales and shifts each ResNet block's
+            normalised features (AdaGN, Dhariwal & Nichol 2021) instead of only adding a bias.
     """
     _check_sizes(image_size, block_out_channels, attention_levels, norm_num_groups, patch_size)
     down, up = _block_types(attention_levels, "CrossAttn")
@@ -143,6 +148,7 @@ def build_conditional_unet(
         encoder_hid_dim_type="text_proj" if project_text else None,
         class_embed_type="projection" if global_dim else None,
         projection_class_embeddings_input_dim=global_dim if global_dim else None,
+        resnet_time_scale_shift="scale_shift" if time_scale_shift else "default",
     )
 
 

@@ -168,3 +168,18 @@ def test_patched_unet_runs_on_folded_patches() -> None:
 def test_default_cpu_unet_is_about_two_million_parameters() -> None:
     unet = build_conditional_unet(image_size=32, encoder_hid_dim=384, global_dim=64)
     assert 1.0e6 < count_parameters(unet) < 3.0e6
+
+
+@pytest.mark.parametrize("builder", ["plain", "conditional"])
+def test_time_scale_shift_modulates_every_resnet_block(builder: str) -> None:
+    sizes = dict(block_out_channels=(8, 16), attention_levels=(False, True), attention_head_dim=4, norm_num_groups=4)
+    extra = dict(cross_attention_dim=16, encoder_hid_dim=24, global_dim=6) if builder == "conditional" else {}
+    build = build_conditional_unet if builder == "conditional" else build_unet
+    additive, adagn = build(image_size=16, **sizes, **extra), build(image_size=16, time_scale_shift=True, **sizes, **extra)
+    assert additive.config.resnet_time_scale_shift == "default" and adagn.config.resnet_time_scale_shift == "scale_shift"
+    pairs = [(a, b) for a, b in zip(additive.modules(), adagn.modules()) if type(a).__name__ == "ResnetBlock2D"]
+    assert pairs  # one scale and one shift per channel instead of a bias
+    assert all(b.time_emb_proj.out_features == 2 * a.time_emb_proj.out_features for a, b in pairs)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 700])
+    kwargs = dict(encoder_hidden_states=torch.randn(2, 5, 24), class_labels=torch.randn(2, 6)) if extra else {}
+    assert adagn(x, t, **kwargs).sample.shape == x.shape

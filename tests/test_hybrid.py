@@ -237,3 +237,29 @@ def test_alignment_head_sees_the_pooled_image_only() -> None:
     torch.testing.assert_close(grad, F.interpolate(F.avg_pool2d(grad, 2), scale_factor=2, mode="nearest"))
     with pytest.raises(ValueError, match="align.pool must be >= 1"):
         AlignmentHead({"label": 3}, pool=0)
+
+
+def _high_frequency_share(gradient: torch.Tensor) -> float:
+    """Share of a (H, W) map's spectral energy at periods of 4 pixels or shorter (the plaids)."""
+    spectrum = torch.fft.fft2(gradient).abs() ** 2
+    frequency = torch.fft.fftfreq(gradient.shape[-1]).abs()
+    fine = (frequency[:, None] >= 1 / 4) | (frequency[None, :] >= 1 / 4)
+    return float(spectrum[fine].sum() / spectrum.sum())
+
+
+def test_blurred_alignment_head_sends_only_smooth_gradients_into_x0() -> None:
+    from models.hybrid import AlignmentHead
+
+    shares = {}
+    for name, kwargs in {"pooled": dict(pool=2), "blurred": dict(blur=1.5)}.items():
+        torch.manual_seed(0)
+        head = AlignmentHead({"label": 3}, (8, 16), groups=4, **kwargs)
+        images = (torch.rand(4, 3, 32, 32) * 2 - 1).requires_grad_(True)
+        head(images)["label"][:, 0].sum().backward()
+        shares[name] = sum(_high_frequency_share(g) for g in images.grad.flatten(0, 1)) / 12
+    # The pooled head's block-constant gradient, through stride-2 convolutions, is a fine grid:
+    # much of its energy is at periods of 2-4 pixels. The blur leaves little there.
+    assert shares["pooled"] > 0.3
+    assert shares["blurred"] < 0.1
+    with pytest.raises(ValueError, match="align.blur must be >= 0"):
+        AlignmentHead({"label": 3}, blur=-1.0)
