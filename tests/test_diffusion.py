@@ -177,7 +177,10 @@ def test_time_scale_shift_modulates_every_resnet_block(builder: str) -> None:
     build = build_conditional_unet if builder == "conditional" else build_unet
     additive, adagn = build(image_size=16, **sizes, **extra), build(image_size=16, time_scale_shift=True, **sizes, **extra)
     assert additive.config.resnet_time_scale_shift == "default" and adagn.config.resnet_time_scale_shift == "scale_shift"
-    pairs = [(a, b) for a, b in zip(additive.modules(), adagn.modules()) if type(a).__name__ == "ResnetBlock2D"]
+    def resnets(unet: torch.nn.Module) -> list[torch.nn.Module]:
+        return [m for m in unet.modules() if type(m).__name__ == "ResnetBlock2D"]
+
+    pairs = list(zip(resnets(additive), resnets(adagn), strict=True))
     assert pairs  # one scale and one shift per channel instead of a bias
     assert all(b.time_emb_proj.out_features == 2 * a.time_emb_proj.out_features for a, b in pairs)
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 700])
