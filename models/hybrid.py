@@ -187,7 +187,7 @@ class HybridDiffusion(GenerativeModule):
                     features = self.fusion.image_features(torch.as_tensor(reference)[use_reference.cpu()])
                     codes[use_reference] = self.fusion.visual_code(features)
             elif use_table:
-                table = self.fusion.table_reference(labels, exclude=torch.as_tensor(index).long())
+                table = self.fusion.table_reference(labels, exclude=exclude)
                 codes = torch.where(use_reference[:, None], table, codes)
         elif reference is not None:  # a user's reference image at generation
             codes = self.fusion.visual_code(self.fusion.image_features(torch.as_tensor(reference)))

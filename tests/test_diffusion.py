@@ -177,6 +177,7 @@ def test_time_scale_shift_modulates_every_resnet_block(builder: str) -> None:
     build = build_conditional_unet if builder == "conditional" else build_unet
     additive, adagn = build(image_size=16, **sizes, **extra), build(image_size=16, time_scale_shift=True, **sizes, **extra)
     assert additive.config.resnet_time_scale_shift == "default" and adagn.config.resnet_time_scale_shift == "scale_shift"
+
     def resnets(unet: torch.nn.Module) -> list[torch.nn.Module]:
         return [m for m in unet.modules() if type(m).__name__ == "ResnetBlock2D"]
 
