@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+from datamodules.info import DataInfo
 from evaluation.judge import Judge
-from models.classifier import ATTRIBUTE_PREFIX, LABEL_HEAD, batch_targets
+from models.classifier import ATTRIBUTE_PREFIX, LABEL_HEAD, SKIN_TONE_HEAD, batch_targets
 
 
 def head_correct(judge: Judge, images: Tensor, conditions: dict[str, Any]) -> dict[str, tuple[Tensor, Tensor]]:
@@ -61,6 +63,31 @@ def accuracy_by_class(correct: dict[str, tuple[Tensor, Tensor]], labels: Tensor,
     for index, name in enumerate(class_names):
         rows = (labels == index) & known
         out[name] = {"num_generated": int(rows.sum()), "accuracy": float(hit[rows].float().mean()) if rows.any() else None}
+    return out
+
+
+def confusion_by_head(logits: dict[str, Tensor], targets: dict[str, Tensor], info: DataInfo) -> dict[str, dict[str, Any]]:
+    """Per head: how often each prompted value is read as each value (rows prompted, columns read).
+
+    Accuracy alone hides the direction of a failure: whether "irregular border" prompts come out
+    regular, or a rare diagnosis is read as the common one. Samples whose prompt leaves a head
+    unknown are left out of that head's table.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, target in targets.items():
+        if name == LABEL_HEAD:
+            values = list(info.class_names)
+        elif name == SKIN_TONE_HEAD:
+            values = ["I", "II", "III", "IV", "V", "VI"]
+        else:
+            values = list(info.attribute_classes[name.removeprefix(ATTRIBUTE_PREFIX)])
+        known = target >= 0
+        read = logits[name][known].argmax(1)
+        counts = multiclass_confusion_matrix(read, target[known], num_classes=len(values)) if known.any() else None
+        out[name.removeprefix(ATTRIBUTE_PREFIX)] = {
+            "values": values,
+            "prompted_by_read": counts.tolist() if counts is not None else [[0] * len(values) for _ in values],
+        }
     return out
 
 

@@ -24,7 +24,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from datamodules.resumable import rank_and_world
-from evaluation.conditioning import accuracy_by_class, conditioning_accuracy, head_correct_from_logits, save_class_grid, summarize
+from evaluation.conditioning import (
+    accuracy_by_class,
+    conditioning_accuracy,
+    confusion_by_head,
+    head_correct_from_logits,
+    save_class_grid,
+    summarize,
+)
 from evaluation.data import cache_root, collect, split_hash, take
 from evaluation.features import FeatureExtractor, build_feature_extractor, extract
 from evaluation.fid import RealFeatureCache, all_figures, frechet_distance, inception_score
@@ -171,12 +178,14 @@ def evaluate_generator(model: Any, datamodule: Any, eval_cfg: Any, out_dir: str 
     metrics.update(figures)
     metrics["is_mean"], metrics["is_std"] = inception_score(fake_logits, int(eval_cfg.get("is_splits", 10)), seed)
 
+    details: dict[str, Any] = {"feature_extractor": extractor.name, "judge": judge.name, "judge_sanity": judge.sanity, "world_size": world}
     correct = None
     if conditional:
-        correct = head_correct_from_logits(judge_logits, batch_targets(conditions, judge.heads))
+        targets = batch_targets(conditions, judge.heads)
+        correct = head_correct_from_logits(judge_logits, targets)
         metrics["cond_accuracy"] = conditioning_accuracy(judge, correct, figures["fid"], extractor.name)
+        details["cond_confusion"] = confusion_by_head(judge_logits, targets, info)
 
-    details: dict[str, Any] = {"feature_extractor": extractor.name, "judge": judge.name, "judge_sanity": judge.sanity, "world_size": world}
     memorization_cfg = eval_cfg["memorization"]
     if memorization_cfg.get("enabled", True):
         train = collect(datamodule.train_set, memorization_cfg.get("num_train"), seed=0, progress=progress)

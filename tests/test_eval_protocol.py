@@ -9,12 +9,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from datamodules.info import DataInfo
+from evaluation.conditioning import confusion_by_head
 from evaluation.features import DomainFeatures, build_feature_extractor
 from evaluation.judge import load_or_train_judge
 from evaluation.protocol import evaluate_generator
 from evaluation.schema import METRIC_KEYS, write_metrics_json
 from experiments import CONFIG_DIR
-from models.classifier import head_sizes, train_classifier
+from models.classifier import batch_targets, head_sizes, train_classifier
 from tests.eval_fakes import BlobDataModule, BlobGenerator, NoiseGenerator
 
 
@@ -105,6 +107,16 @@ def test_protocol_fills_every_key_and_ranks_generators(blobs: BlobDataModule, se
     assert set(by_class) == set(blobs.info.class_names) and sum(c["num_generated"] for c in by_class.values()) == 64
     weighted = sum(c["accuracy"] * c["num_generated"] for c in by_class.values() if c["num_generated"]) / 64
     assert weighted == pytest.approx(cond["per_attribute"]["label"])
+    # Each head's confusion table: rows are what was prompted, so a row's sum is that value's count and the
+    # diagonal holds the hits that make up the head's accuracy.
+    confusion = details["cond_confusion"]
+    assert set(confusion) == set(cond["per_attribute"]) and confusion["label"]["values"] == list(blobs.info.class_names)
+    label_counts = torch.tensor(confusion["label"]["prompted_by_read"])
+    assert label_counts.sum(1).tolist() == [by_class[name]["num_generated"] for name in blobs.info.class_names]
+    for head, table in confusion.items():
+        counts = torch.tensor(table["prompted_by_read"])
+        assert counts.shape == (len(table["values"]), len(table["values"]))
+        assert (counts.trace() / counts.sum()).item() == pytest.approx(cond["per_attribute"][head]), head
 
 
 def test_protocol_is_reproducible_for_a_seed(blobs: BlobDataModule, session_cache: Path, tmp_path: Path) -> None:
@@ -130,3 +142,18 @@ def test_fd_floor_subset_is_random_not_the_first_rows(monkeypatch) -> None:
     floor = protocol.fd_floor(None, type("D", (), {"val_set": None})(), {"num_generated": 250}, test, progress=False)
     first_rows = protocol.frechet_distance(test, val[:250])  # one class only: far from the test split
     assert floor["num_generated"] == 250 and floor["fid_at_num_generated"] < first_rows / 5
+
+
+def test_confusion_tables_count_prompted_against_read_values() -> None:
+    info = DataInfo("blobs", 16, ("red", "green", "blue"), {"border": ("small", "large")}, True, "blobs16")
+    prompted = {"label": [0, 0, 1, 2, 2, 2], "attributes": {"border": [1, 1, 0, -1, 1, -1]}, "skin_tone": [1, 6, 6, 0, 3, 3]}
+    read = {"label": [0, 1, 1, 2, 0, 2], "attr:border": [1, 0, 0, 1, 1, 0], "skin_tone": [0, 5, 4, 2, 2, 2]}
+    heads = {"label": 3, "attr:border": 2, "skin_tone": 6}
+    logits = {head: torch.nn.functional.one_hot(torch.tensor(read[head]), heads[head]).float() for head in heads}
+    tables = confusion_by_head(logits, batch_targets(prompted, heads), info)
+    assert tables["label"] == {"values": ["red", "green", "blue"], "prompted_by_read": [[1, 1, 0], [0, 1, 0], [1, 0, 2]]}
+    # Unknown prompts (border -1, skin tone 0) are left out of their head's table.
+    assert tables["border"] == {"values": ["small", "large"], "prompted_by_read": [[1, 0], [1, 2]]}
+    tone = torch.tensor(tables["skin_tone"]["prompted_by_read"])
+    assert tables["skin_tone"]["values"][0] == "I" and tone.sum() == 5
+    assert tone[0, 0] == 1 and tone[5].tolist() == [0, 0, 0, 0, 1, 1] and tone[2, 2] == 2
