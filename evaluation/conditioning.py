@@ -82,12 +82,8 @@ def confusion_by_head(logits: dict[str, Tensor], targets: dict[str, Tensor], inf
         else:
             values = list(info.attribute_classes[name.removeprefix(ATTRIBUTE_PREFIX)])
         known = target >= 0
-        read = logits[name][known].argmax(1)
-        counts = multiclass_confusion_matrix(read, target[known], num_classes=len(values)) if known.any() else None
-        out[name.removeprefix(ATTRIBUTE_PREFIX)] = {
-            "values": values,
-            "prompted_by_read": counts.tolist() if counts is not None else [[0] * len(values) for _ in values],
-        }
+        counts = multiclass_confusion_matrix(logits[name][known].argmax(1), target[known], num_classes=len(values))
+        out[name.removeprefix(ATTRIBUTE_PREFIX)] = {"values": values, "prompted_by_read": counts.tolist()}
     return out
 
 

@@ -157,3 +157,6 @@ def test_confusion_tables_count_prompted_against_read_values() -> None:
     tone = torch.tensor(tables["skin_tone"]["prompted_by_read"])
     assert tables["skin_tone"]["values"][0] == "I" and tone.sum() == 5
     assert tone[0, 0] == 1 and tone[5].tolist() == [0, 0, 0, 0, 1, 1] and tone[2, 2] == 2
+    # A head that no prompt names gets an all-zero table, not an error.
+    unnamed = confusion_by_head({"attr:border": logits["attr:border"]}, {"attr:border": torch.full((6,), -1)}, info)
+    assert unnamed["border"]["prompted_by_read"] == [[0, 0], [0, 0]]
