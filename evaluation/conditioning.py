@@ -16,7 +16,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from datamodules.info import DataInfo
 from evaluation.judge import Judge
-from models.classifier import ATTRIBUTE_PREFIX, LABEL_HEAD, SKIN_TONE_HEAD, batch_targets
+from models.classifier import ATTRIBUTE_PREFIX, LABEL_HEAD, batch_targets, head_values
 
 
 def head_correct(judge: Judge, images: Tensor, conditions: dict[str, Any]) -> dict[str, tuple[Tensor, Tensor]]:
@@ -73,17 +73,12 @@ def confusion_by_head(logits: dict[str, Tensor], targets: dict[str, Tensor], inf
     regular, or a rare diagnosis is read as the common one. Samples whose prompt leaves a head
     unknown are left out of that head's table.
     """
+    names = head_values(info)
     out: dict[str, dict[str, Any]] = {}
     for name, target in targets.items():
-        if name == LABEL_HEAD:
-            values = list(info.class_names)
-        elif name == SKIN_TONE_HEAD:
-            values = ["I", "II", "III", "IV", "V", "VI"]
-        else:
-            values = list(info.attribute_classes[name.removeprefix(ATTRIBUTE_PREFIX)])
         known = target >= 0
-        counts = multiclass_confusion_matrix(logits[name][known].argmax(1), target[known], num_classes=len(values))
-        out[name.removeprefix(ATTRIBUTE_PREFIX)] = {"values": values, "prompted_by_read": counts.tolist()}
+        counts = multiclass_confusion_matrix(logits[name][known].argmax(1), target[known], num_classes=len(names[name]))
+        out[name.removeprefix(ATTRIBUTE_PREFIX)] = {"values": list(names[name]), "prompted_by_read": counts.tolist()}
     return out
 
 

@@ -40,7 +40,7 @@ from evaluation.judge import Judge, load_or_train_judge
 from evaluation.memorization import memorization_report, save_pairs
 from evaluation.reconstruction import reconstruction_metrics
 from evaluation.schema import METRIC_KEYS, empty_metrics
-from models.classifier import ATTRIBUTE_PREFIX, LABEL_HEAD, SKIN_TONE_HEAD, batch_targets
+from models.classifier import ATTRIBUTE_PREFIX, LABEL_HEAD, SKIN_TONE_HEAD, batch_targets, head_values
 
 log = logging.getLogger(__name__)
 
@@ -238,19 +238,17 @@ def write_sample_table(images: Tensor, conditions: dict[str, Any] | None, judge_
 
     sample_dir = eval_dir / "samples"
     sample_dir.mkdir(parents=True, exist_ok=True)
+    names = head_values(info)
     rows = []
     for i, image in enumerate(images):
         save_image((image.float().cpu().clamp(-1, 1) + 1) / 2, sample_dir / f"{i:03d}.png")
         predicted = {}
         for head, logits in judge_logits.items():
             index = int(logits[i].argmax())
-            if head == LABEL_HEAD:
-                predicted["diagnosis"] = info.class_names[index]
-            elif head == SKIN_TONE_HEAD:
+            if head == SKIN_TONE_HEAD:
                 predicted["skin_tone"] = index + 1
-            elif head.startswith(ATTRIBUTE_PREFIX):
-                name = head[len(ATTRIBUTE_PREFIX):]
-                predicted[name] = info.attribute_classes[name][index]
+            else:
+                predicted["diagnosis" if head == LABEL_HEAD else head.removeprefix(ATTRIBUTE_PREFIX)] = names[head][index]
         caption = str(conditions["caption"][i]) if conditions is not None else None
         rows.append({"file": f"samples/{i:03d}.png", "caption": caption, "predicted": predicted})
     (eval_dir / "samples.json").write_text(json.dumps({"nrow": 8, "captions": [r["caption"] for r in rows], "samples": rows}, indent=1))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from datamodules.captions import ROMAN
 from datamodules.info import DataInfo
 
 LABEL_HEAD = "label"
@@ -27,14 +28,20 @@ SKIN_TONE_HEAD = "skin_tone"
 ATTRIBUTE_PREFIX = "attr:"
 
 
-def head_sizes(info: DataInfo, attributes: bool = True, skin_tone: bool = True) -> dict[str, int]:
-    """Heads of a classifier for ``info``: diagnosis, then attributes, then skin tone (6 types)."""
-    heads = {LABEL_HEAD: info.num_classes}
+def head_values(info: DataInfo, attributes: bool = True, skin_tone: bool = True) -> dict[str, tuple[str, ...]]:
+    """Heads of a classifier for ``info`` and the names of their classes: diagnosis, then
+    attributes, then skin tone (Fitzpatrick I-VI)."""
+    heads = {LABEL_HEAD: tuple(info.class_names)}
     if attributes:
-        heads.update({ATTRIBUTE_PREFIX + name: len(values) for name, values in info.attribute_classes.items()})
+        heads.update({ATTRIBUTE_PREFIX + name: tuple(values) for name, values in info.attribute_classes.items()})
     if skin_tone and info.skin_tones:
-        heads[SKIN_TONE_HEAD] = 6
+        heads[SKIN_TONE_HEAD] = ROMAN
     return heads
+
+
+def head_sizes(info: DataInfo, attributes: bool = True, skin_tone: bool = True) -> dict[str, int]:
+    """Heads of a classifier for ``info`` and their number of classes (see ``head_values``)."""
+    return {head: len(values) for head, values in head_values(info, attributes, skin_tone).items()}
 
 
 def batch_targets(batch: dict[str, Any], heads: dict[str, int]) -> dict[str, Tensor]:
