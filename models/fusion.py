@@ -1,83 +1,42 @@
 """The global conditioning vector: PCA-reduced text and CNN image embeddings, standardised and fused.
 
-As in the seed paper, a CNN (timm, default ``resnet50``) embeds a reference image, PCA fitted on
-the training split reduces both the visual and the pooled text embeddings, each block is
-standardised, and a weighted concatenation (``weight`` on the visual block, ``1 - weight`` on
-the text block) is the vector the UNet adds to its timestep embedding.
+As in the seed paper, a CNN embeds a reference image, PCA fitted on the training split reduces
+both the visual and the pooled text embeddings, each block is standardised, and a weighted
+concatenation (``weight`` on the visual block, ``1 - weight`` on the text block) is the vector
+the UNet adds to its timestep embedding. The CNN is by default the ImageNet EfficientNet-Lite0
+that ships offline (``models.backbones``); any timm network with a user's weights can replace it.
 
 At generation the reference is a user image or, by default, a retrieval prior: the mean visual
 code of training images whose attributes best match the prompt. The per-image codes, labels and
 attributes of the fitted images are buffers, so the prior travels in the checkpoint.
 
-The CNN is frozen and kept out of the state dict (checkpoints stay small); without pretrained
-weights it is initialised from a fixed seed, so a reloaded model rebuilds the same network.
+The CNN is frozen and kept out of the state dict (checkpoints stay small); a network without
+pretrained weights is initialised from a fixed seed, so a reloaded model rebuilds the same one.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.backbones import build_backbone, imagenet_normalize
+
 log = logging.getLogger(__name__)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_cnn(name: str, pretrained: str | bool | None, seed: int = 0) -> nn.Module:
-    """A frozen timm feature extractor (pooled features); weights from a path, the local hub cache, or a seed."""
-    import timm
-
-    if isinstance(pretrained, str) and pretrained:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-        path = Path(pretrained).expanduser()
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.", "classifier."))}
-        model.load_state_dict(state, strict=False)
-        return model.requires_grad_(False).eval()
-    cached = _cached_timm_weights(name) if pretrained else None
-    if cached is not None:
-        model = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": cached})
-        return model.requires_grad_(False).eval()
-    warnings.warn(
-        f"fusion CNN '{name}': no pretrained weights on disk (give model.fusion.pretrained=PATH or put them in the "
-        f"Hugging Face cache); using a randomly initialised network (seed {seed}), so the visual branch carries only "
-        "coarse colour/shape statistics",
-        stacklevel=2,
-    )
+def frozen_backbone(name: str, pretrained: bool | str, seed: int) -> nn.Module:
+    """A frozen timm feature extractor (pooled features); random weights come from ``seed``."""
+    if pretrained:
+        return build_backbone(name, pretrained).requires_grad_(False).eval()
+    log.info("fusion backbone '%s' has random weights (seed %d): the visual codes carry coarse colour and shape only", name, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = timm.create_model(name, pretrained=False, num_classes=0)
+        model = build_backbone(name, False)
     return model.requires_grad_(False).eval()
-
-
-def _cached_timm_weights(name: str) -> str | None:
-    """Path of the model's weights in the local Hugging Face cache, never downloading."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        from timm.models import get_pretrained_cfg
-
-        cfg = get_pretrained_cfg(name)
-        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-        if not hub_id:
-            return None
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            path = try_to_load_from_cache(hub_id, filename)
-            if isinstance(path, str):
-                return path
-    except Exception as error:  # a broken cache must not stop training; the warning follows
-        log.info("no cached weights for %s: %s", name, error)
-    return None
 
 
 def attribute_matrix(conditions: dict[str, Any], attribute_names: tuple[str, ...], count: int) -> Tensor:
@@ -112,12 +71,15 @@ class FusionConditioner(nn.Module):
         text_dim: width of the pooled text embedding.
         attribute_names: attribute vocabulary (``DataInfo.attribute_names``), the prior's match keys.
         enabled: False drops the visual branch (the ``fusion.enabled=false`` ablation).
-        cnn: timm architecture of the visual branch.
-        pretrained: weights path, True to use the local hub cache if present, or None/False.
+        backbone: timm architecture of the visual branch (``models.backbones.build_backbone``).
+        pretrained: True (the offline ImageNet weights of ``efficientnet_lite0``), a weights
+            file for any timm architecture, or False for a seeded random network.
+        input_size: side the images are resized to before the CNN (ImageNet networks need
+            more than the 32 px of the quick budget to see structure).
         text_components, visual_components: PCA sizes.
         weight: weight of the visual block in the concatenation (text block: ``1 - weight``).
         max_fit_images: training images embedded for PCA and the retrieval table.
-        cnn_seed: initialisation seed of a CNN without pretrained weights.
+        backbone_seed: initialisation seed of a backbone without pretrained weights.
     """
 
     def __init__(
@@ -126,13 +88,14 @@ class FusionConditioner(nn.Module):
         text_dim: int,
         attribute_names: tuple[str, ...] = (),
         enabled: bool = True,
-        cnn: str = "resnet50",
-        pretrained: str | bool | None = True,
+        backbone: str = "efficientnet_lite0",
+        pretrained: bool | str = True,
+        input_size: int = 96,
         text_components: int = 32,
         visual_components: int = 32,
         weight: float = 0.5,
-        max_fit_images: int = 1024,
-        cnn_seed: int = 0,
+        max_fit_images: int = 512,
+        backbone_seed: int = 0,
     ) -> None:
         super().__init__()
         if not 0.0 <= weight <= 1.0:
@@ -140,13 +103,13 @@ class FusionConditioner(nn.Module):
         self.enabled, self.weight = enabled, weight
         self.attribute_names = tuple(attribute_names)
         self.text_components, self.visual_components = text_components, visual_components
-        self.max_fit_images = max_fit_images
+        self.max_fit_images, self.input_size = max_fit_images, input_size
         self.register_buffer("text_mean", torch.zeros(text_dim))
         self.register_buffer("text_basis", torch.zeros(text_components, text_dim))
         self.register_buffer("text_scale", torch.ones(()))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         if enabled:
-            object.__setattr__(self, "_cnn", build_cnn(cnn, pretrained, cnn_seed))  # frozen, not in the state dict
+            object.__setattr__(self, "_cnn", frozen_backbone(backbone, pretrained, backbone_seed))  # not in the state dict
             features = int(self._cnn.num_features)
             self.register_buffer("visual_mean", torch.zeros(features))
             self.register_buffer("visual_basis", torch.zeros(visual_components, features))
@@ -163,16 +126,16 @@ class FusionConditioner(nn.Module):
 
     @torch.no_grad()
     def image_features(self, images: Tensor, batch_size: int = 64) -> Tensor:
-        """(N, 3, H, W) in [-1, 1] -> CNN pooled features (N, F), ImageNet-normalised input."""
+        """(N, 3, H, W) in [-1, 1] -> CNN pooled features (N, F) of the images at ``input_size``."""
         device = self.text_mean.device
         if next(self._cnn.parameters()).device != device:
             self._cnn.to(device)
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         chunks = []
         for start in range(0, images.shape[0], batch_size):
-            x = (images[start : start + batch_size].to(device).float() + 1) / 2
-            chunks.append(self._cnn((x - mean) / std).float())
+            x = images[start : start + batch_size].to(device).float()
+            if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+                x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=x.shape[-1] > self.input_size)
+            chunks.append(self._cnn(imagenet_normalize(x)).float())
         return torch.cat(chunks)
 
     @torch.no_grad()

@@ -34,7 +34,7 @@ def tiny_model_config(cache_dir: Path, **overrides: Any) -> dict[str, Any]:
     tiny = {
         "unet": {"block_out_channels": [8, 16], "attention_levels": [False, True], "attention_head_dim": 4, "norm_num_groups": 4, "cross_attention_dim": 16},
         "sampler": {"name": "ddim", "steps": 4},
-        "fusion": {"cnn": "test_resnet", "pretrained": False, "text_components": 4, "visual_components": 4, "max_fit_images": 24},
+        "fusion": {"backbone": "test_resnet", "pretrained": False, "input_size": 16, "text_components": 4, "visual_components": 4, "max_fit_images": 24},
         "align": {"channels": [8, 16], "weight": 0.1},  # off in the shipped YAML; on here so that its tests run
     }
     config = OmegaConf.merge(config, tiny, overrides)
@@ -42,8 +42,7 @@ def tiny_model_config(cache_dir: Path, **overrides: Any) -> dict[str, Any]:
 
 
 def build(cache_dir: Path, **overrides: Any) -> HybridDiffusion:
-    with pytest.warns(UserWarning, match="no pretrained weights"):
-        return instantiate(tiny_model_config(cache_dir, **overrides), data_info=INFO.to_dict())
+    return instantiate(tiny_model_config(cache_dir, **overrides), data_info=INFO.to_dict())
 
 
 def make_batch(n: int, seed: int = 0, with_index: bool = False) -> dict[str, Any]:
@@ -136,7 +135,7 @@ def test_cfg_dropout_rate_and_null_conditioning(cache_dir: Path, monkeypatch: py
 
 
 def test_reference_is_never_the_target() -> None:
-    fusion = FusionConditioner(text_dim=8, attribute_names=("border",), cnn="test_resnet", pretrained=False, visual_components=4, max_fit_images=12)
+    fusion = FusionConditioner(text_dim=8, attribute_names=("border",), backbone="test_resnet", pretrained=False, visual_components=4, max_fit_images=12)
     features = torch.randn(12, fusion.image_features(torch.zeros(1, 3, 16, 16)).shape[1])
     labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2])
     fusion.fit(torch.randn(12, 8), features, labels, torch.full((12, 2), -1), indices=torch.arange(100, 112))
@@ -176,7 +175,7 @@ def test_training_uses_the_batch_reference_not_the_image(cache_dir: Path, monkey
 
 
 def test_retrieval_prior_matches_attributes() -> None:
-    fusion = FusionConditioner(text_dim=8, attribute_names=("border",), cnn="test_resnet", pretrained=False, visual_components=4, max_fit_images=8)
+    fusion = FusionConditioner(text_dim=8, attribute_names=("border",), backbone="test_resnet", pretrained=False, visual_components=4, max_fit_images=8)
     labels = torch.tensor([0, 0, 1, 1])
     batch = {"label": labels, "attributes": {"border": torch.tensor([0, 1, 0, 1])}, "skin_tone": torch.tensor([0, 0, 2, 2])}
     features = torch.randn(4, int(fusion._cnn.num_features))

