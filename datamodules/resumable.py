@@ -58,7 +58,7 @@ class ResumableSampler(Sampler[int]):
 
 
 class ResumableDataLoader(DataLoader):
-    """``DataLoader`` over a :class:`ResumableSampler` with Lightning's ``state_dict`` protocol.
+    """``DataLoader`` over a resumable sampler (``epoch``, ``start``) with Lightning's ``state_dict`` protocol.
 
     Args:
         position_fn: batches of the current epoch the training loop has processed (the
@@ -69,12 +69,12 @@ class ResumableDataLoader(DataLoader):
         if kwargs.get("generator") is None:  # its own generator: a new epoch's iterator must not draw
             kwargs["generator"] = torch.Generator().manual_seed(0)  # from the global one (resume parity)
         super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, ResumableSampler):
-            raise TypeError("ResumableDataLoader needs a ResumableSampler")
+        if not all(hasattr(self.sampler, name) for name in ("epoch", "start", "set_epoch")):
+            raise TypeError("ResumableDataLoader needs a sampler with epoch, start and set_epoch (ResumableSampler, ClassBalancedSampler)")
         self.position_fn = position_fn
 
     def state_dict(self) -> dict[str, int]:
-        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        sampler = self.sampler
         processed = int(self.position_fn()) if self.position_fn is not None else 0
         batches = len(self)
         if batches and processed >= batches:  # the epoch is complete: the next one starts fresh
@@ -82,5 +82,5 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": sampler.epoch, "start": processed * int(self.batch_size or 1)}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        sampler = self.sampler
         sampler.epoch, sampler.start = int(state_dict["epoch"]), int(state_dict["start"])

@@ -28,6 +28,7 @@ from datamodules import captions as caption_templates
 from datamodules.cache import default_cache_dir
 from datamodules.info import DataInfo
 from datamodules.resumable import ResumableDataLoader, ResumableSampler, rank_and_world
+from datamodules.sampling import ClassBalancedSampler, class_shares
 from datamodules.sources import SourceRequest, SourceTable, get_source
 from datamodules.sources.base import SplitTable
 from datamodules.transforms import Augment, Preprocess, to_tensor
@@ -126,6 +127,8 @@ class SkinDataModule(L.LightningDataModule):
         with_reference: training items also carry ``reference``, another image of the same label.
         with_index: training items also carry ``index``, their position in the training split (the
             hybrid's table references and retrieval prior leave the target out by it).
+        sampler: ``natural`` (each training image once per epoch) or ``balanced`` (class shares
+            tempered by ``sampler_temperature``: 0 natural, 1 equal; ``datamodules.sampling``).
         augment / augment_flips / augment_rot90 / augment_brightness: training-split augmentation.
         denoise_sigma / color_constancy: preprocessing applied once before caching.
         class_names: fixes the class vocabulary of ``isic`` and ``folder`` (unknown labels then fail).
@@ -150,6 +153,8 @@ class SkinDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         with_reference: bool = False,
         with_index: bool = False,
+        sampler: str = "natural",
+        sampler_temperature: float = 1.0,
         augment: bool = True,
         augment_flips: bool = True,
         augment_rot90: bool = True,
@@ -166,6 +171,9 @@ class SkinDataModule(L.LightningDataModule):
         super().__init__()
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        if sampler not in ("natural", "balanced"):
+            raise ValueError(f"data.sampler must be 'natural' or 'balanced', got {sampler!r}")
+        class_shares([1], sampler_temperature)  # validates the temperature now, not at the first epoch
         if source == "phantom":
             sizes = {"num_train": num_train, "num_val": num_val, "num_test": num_test}
             num_train, num_val, num_test = (v if v is not None else PHANTOM_DEFAULT_SIZES[k] for k, v in sizes.items())
@@ -175,6 +183,7 @@ class SkinDataModule(L.LightningDataModule):
         self.seed = seed
         self.with_reference = with_reference
         self.with_index = with_index
+        self.balanced, self.sampler_temperature = sampler == "balanced", float(sampler_temperature)
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.augmentation = Augment(augment_flips, augment_rot90, augment_brightness) if augment else None
@@ -255,7 +264,10 @@ class SkinDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0, collate_fn=collate_batch,
         )
         if train:  # seeded shuffle that resumes mid-epoch and shards across DDP ranks itself
-            sampler = ResumableSampler(len(dataset), shuffle=True, seed=self.seed)
+            if self.balanced:
+                sampler = ClassBalancedSampler(dataset.labels, self.sampler_temperature, seed=self.seed)
+            else:
+                sampler = ResumableSampler(len(dataset), shuffle=True, seed=self.seed)
             return ResumableDataLoader(
                 dataset, sampler=sampler, drop_last=len(dataset) >= self.batch_size,
                 generator=torch.Generator().manual_seed(self.seed), position_fn=self._train_batches_processed, **common,
