@@ -26,8 +26,10 @@ class SourceRequest:
     """Everything a source may need; each source reads the fields that apply to it."""
 
     image_size: int
-    seed: int
+    seed: int  # the phantom's rendering seed (the run's seed)
     cache_dir: Path
+    split_seed: int = 0  # real sources: the train/val/test split, subsets and caption phrasings
+    holdout_paraphrases: int = 0  # caption frames (the last ones) never used for stored captions
     root: Path | None = None
     csv: Path | None = None
     num_train: int | None = None  # phantom: split sizes; real sources: optional caps per split
@@ -71,6 +73,9 @@ class SplitTable:
     captions: list[str]
     image_ids: list[str]
     lesion_ids: list[str] | None = None
+    # Per row, the keyword arguments besides label, attributes and tone that rewrite its caption
+    # in other frames (``captions.caption_for``: seed, age, colour names); None for captions from files.
+    caption_inputs: list[dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

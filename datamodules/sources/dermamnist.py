@@ -16,11 +16,12 @@ import numpy as np
 from PIL import Image
 
 from datamodules.cache import cached_images
-from datamodules.captions import metadata_caption
 from datamodules.info import DataInfo
+from datamodules.phrasing import split_frames
 from datamodules.sources.base import SPLITS, SourceRequest, SourceTable, SplitTable, check_nonempty, subsample
 from datamodules.sources.decode import content_fingerprint
 from datamodules.sources.ham10000 import HAM_CLASSES
+from datamodules.sources.metadata_captions import FRAMES, metadata_caption
 from datamodules.transforms import ImageTooSmallError, square
 
 
@@ -57,6 +58,7 @@ def load(request: SourceRequest) -> SourceTable:
     if missing:
         raise ValueError(f"dermamnist: {path} lacks key(s) {missing}; expected {expected}, found {sorted(data.files)}")
     info = DataInfo(source="dermamnist", image_size=request.image_size, class_names=HAM_CLASSES)
+    training_frames, _ = split_frames(len(FRAMES), request.holdout_paraphrases)
     splits: dict[str, SplitTable] = {}
     for code, split in enumerate(SPLITS):
         labels = np.asarray(data[f"{split}_labels"]).reshape(-1).astype(np.int64)
@@ -79,11 +81,11 @@ def load(request: SourceRequest) -> SourceTable:
                "rows": hashlib.sha1(rows.tobytes()).hexdigest(), "preprocess": request.preprocess_key()}
         images, _ = cached_images(request.cache_dir, key, (len(rows), size, size, 3), build)
         labels = labels[rows]
+        inputs = [{"seed": request.seed * 1_000_003 + code * 100_003 + int(r)} for r in rows]
         splits[split] = SplitTable(
             images=images, labels=labels, attributes={}, skin_tone=np.zeros(len(rows), np.int64),
-            captions=[metadata_caption(info, int(label), {}, 0, seed=request.seed * 1_000_003 + code * 100_003 + int(r))
-                      for label, r in zip(labels, rows)],
-            image_ids=[f"{path.stem}-{split}-{r}" for r in rows], lesion_ids=None,
+            captions=[metadata_caption(info, int(label), {}, 0, frames=training_frames, **kwargs) for label, kwargs in zip(labels, inputs)],
+            image_ids=[f"{path.stem}-{split}-{r}" for r in rows], lesion_ids=None, caption_inputs=inputs,
         )
     check_nonempty("dermamnist", splits)
     return SourceTable(info=info, splits=splits)

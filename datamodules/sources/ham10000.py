@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from datamodules.captions import AGE_NAMES, age_bin, metadata_caption
 from datamodules.info import DataInfo
+from datamodules.phrasing import AGE_NAMES, age_bin, split_frames
 from datamodules.sources.base import SPLITS, SourceRequest, SourceTable, SplitTable, check_nonempty, stratified_group_split, subsample
 from datamodules.sources.decode import decode_split, index_images
+from datamodules.sources.metadata_captions import FRAMES, metadata_caption
 
 HAM_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 REQUIRED = ("image_id", "lesion_id", "dx")
@@ -109,17 +110,20 @@ def load(request: SourceRequest, source: str = "ham10000") -> SourceTable:
     if empty:
         raise ValueError(f"{source}: split(s) {empty} are empty ({len(table)} rows in {path}, {int(present.sum())} images found); "
                          "give more images or change data.val_fraction / data.test_fraction / data.num_*")
+    training_frames, _ = split_frames(len(FRAMES), request.holdout_paraphrases)
     splits: dict[str, SplitTable] = {}
     for split, rows in chosen.items():
         images, keep = decode_split(request, source, split, [files[image_ids[r]] for r in rows])
         rows = rows[np.asarray(keep, np.int64)]
         attrs = {name: values[rows] for name, values in attributes.items() if name in attribute_classes}
+        inputs = [{"seed": request.seed * 1_000_003 + int(r), "age": float(ages[r])} for r in rows]
         splits[split] = SplitTable(
             images=images, labels=labels[rows], attributes=attrs, skin_tone=np.zeros(len(rows), np.int64),
-            captions=[metadata_caption(info, int(labels[r]), {k: int(v[i]) for k, v in attrs.items()}, 0,
-                                       seed=request.seed * 1_000_003 + int(r), age=ages[r]) for i, r in enumerate(rows)],
+            captions=[metadata_caption(info, int(labels[r]), {k: int(v[i]) for k, v in attrs.items()}, 0, frames=training_frames,
+                                       **inputs[i]) for i, r in enumerate(rows)],
             image_ids=[str(image_ids[r]) for r in rows],
             lesion_ids=[str(lesion_ids[r]) for r in rows],
+            caption_inputs=inputs,
         )
     check_nonempty(source, splits)  # every image of a split may have been skipped as unreadable
     return SourceTable(info=info, splits=splits)

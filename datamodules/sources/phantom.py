@@ -29,8 +29,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from datamodules.cache import cached_images
-from datamodules.captions import phantom_caption
 from datamodules.info import DataInfo
+from datamodules.phrasing import NUMBER_WORDS, ROMAN, Vocabulary, choose_frame, fill_frame, join, pick, split_frames, value_name
 from datamodules.sources.base import SPLITS, SourceRequest, SourceTable, SplitTable
 from datamodules.sources.phantom_render import COLOUR_NAMES, RENDERER_VERSION, LesionSpec, render
 
@@ -56,6 +56,46 @@ DIAMETER = ((0.4, 0.4, 0.2), (0.15, 0.35, 0.5))
 PIGMENT_ODDS = ((1.0, 1.0, 0.3, 0.3, 0.25), (0.8, 1.0, 0.8, 0.7, 0.5))
 HAIR_ODDS = 0.35
 SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+
+# Caption vocabulary: phrasings per (attribute, value), the first canonical; all are parsed.
+PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "label": {"benign": ("benign melanocytic lesion", "benign pigmented lesion", "benign nevus"),
+              "malignant": ("malignant melanocytic lesion", "malignant pigmented lesion", "melanoma"),
+              "normal": ("normal skin", "healthy skin without a lesion", "lesion-free skin")},
+    "border": {"regular": ("a regular border", "a smooth, regular border", "regular, well-defined borders"),
+               "irregular": ("an irregular border", "a ragged, irregular border", "irregular, notched borders")},
+    "asymmetry": {"symmetric": ("a symmetric shape", "a symmetrical outline"),
+                  "asymmetric": ("an asymmetric shape", "an asymmetrical outline")},
+    "pigmentation": {"uniform": ("uniform pigmentation", "evenly distributed pigment"),
+                     "variegated": ("variegated pigmentation", "multicoloured, variegated pigment")},
+    "diameter": {"small": ("small",), "medium": ("medium-sized",), "large": ("large",)},
+    "hair": {"absent": ("without hair", "hair-free", "with no hair"),
+             "present": ("with hair in the field", "partly covered by hair", "with hairs")},
+}
+PARSE_ONLY = {
+    ("label", "normal"): ("no lesion", "without a lesion", "healthy skin"),
+    ("label", "malignant"): ("malignant",),
+    ("label", "benign"): ("benign",),
+    ("border", "regular"): ("regular border", "regular borders", "smooth border"),
+    ("border", "irregular"): ("irregular border", "irregular borders", "ragged border"),
+    ("asymmetry", "symmetric"): ("symmetric", "symmetrical"),
+    ("asymmetry", "asymmetric"): ("asymmetric", "asymmetrical", "lopsided"),
+    ("pigmentation", "uniform"): ("uniform", "single-colour", "single colour"),
+    ("pigmentation", "variegated"): ("variegated", "multicoloured", "multicolored"),
+    ("hair", "absent"): ("no hair", "hairless", "no hairs"),
+    ("hair", "present"): ("hair", "hairs", "hairy"),
+}
+# Sentence frames (paraphrases); the last ones are those data.holdout_paraphrases keeps out of training.
+FRAMES = (
+    "dermoscopic image of {subject}[ with {clauses}][, {hair}][, on Fitzpatrick type {tone} skin]",
+    "dermoscopy of {subject}[ showing {clauses}][, {hair}][, skin of Fitzpatrick type {tone}]",
+    "dermatoscopic view of {subject}[: {clauses}][; {hair}][; Fitzpatrick skin type {tone}]",
+    "[Fitzpatrick type {tone} skin, ]{subject}[ with {clauses}][, {hair}], as seen through a dermatoscope",
+    "a dermoscopic photograph of {subject}[ that has {clauses}][ ({hair})][, patient of skin phototype {tone}]",
+    "close-up under polarised dermoscopy: {subject}[, {clauses}][, {hair}][, phototype {tone}]",
+    "[on Fitzpatrick {tone} skin: ]{subject}[ presenting {clauses}][, {hair}], magnified with a dermatoscope",
+)
+VOCABULARY = Vocabulary(PHRASES, PARSE_ONLY, FRAMES)
 
 
 def categorical(rng: np.random.Generator, odds: tuple[float, ...]) -> int:
@@ -106,6 +146,38 @@ def ground_truth(seed: int, split: str, count: int) -> dict[str, Any]:
     return truth
 
 
+def phantom_caption(label: int, attributes: dict[str, int], skin_tone: int, seed: int = 0,
+                    colour_names: list[str] | None = None, *, frames: tuple[int, ...] | None = None) -> str:
+    """Caption of a phantom image in one of ``frames`` (default: any); ``colour_names`` follow the colour count."""
+    rng = np.random.default_rng(seed)
+    frame = choose_frame(rng, frames, len(FRAMES))
+    info = DataInfo("phantom", 0, CLASS_NAMES, ATTRIBUTE_CLASSES, skin_tones=True)
+    name = CLASS_NAMES[label] if 0 <= label < len(CLASS_NAMES) else None
+    size = value_name(info, attributes, "diameter")
+    if name == "normal":
+        subject = pick(rng, PHRASES["label"]["normal"])
+    else:
+        noun = pick(rng, PHRASES["label"][name]) if name else "pigmented lesion"
+        subject = "a " + (f"{pick(rng, VOCABULARY.phrasings('diameter', size))} " if size else "") + noun
+    clauses = [pick(rng, VOCABULARY.phrasings(k, v)) for k in ("border", "asymmetry") if (v := value_name(info, attributes, k))]
+    pigmentation, count = value_name(info, attributes, "pigmentation"), int(attributes.get("colours", -1))
+    if pigmentation or count >= 0:
+        text = pick(rng, VOCABULARY.phrasings("pigmentation", pigmentation)) if pigmentation else "pigmentation"
+        if count >= 0:
+            text += f" in {'one colour' if count == 0 else NUMBER_WORDS[count] + ' colours'}"
+            if colour_names:
+                text += f" ({join(list(colour_names))})"
+        clauses.append(text)
+    rng.shuffle(clauses)
+    hair = value_name(info, attributes, "hair")
+    return fill_frame(FRAMES[frame], {
+        "subject": subject,
+        "clauses": join(clauses) if clauses else None,
+        "hair": pick(rng, VOCABULARY.phrasings("hair", hair)) if hair else None,
+        "tone": ROMAN[skin_tone - 1] if 1 <= skin_tone <= 6 else None,
+    })
+
+
 def render_rows(seed: int, split: str, size: int, path: str, start: int, stop: int) -> None:
     """Render images ``start:stop`` of ``split`` into the .npy file at ``path`` (runs in worker processes)."""
     out = np.load(path, mmap_mode="r+")
@@ -146,6 +218,7 @@ def load(request: SourceRequest) -> SourceTable:
         source="phantom", image_size=request.image_size, class_names=CLASS_NAMES,
         attribute_classes=dict(ATTRIBUTE_CLASSES), skin_tones=True,
     )
+    training_frames, _ = split_frames(len(FRAMES), request.holdout_paraphrases)
     splits: dict[str, SplitTable] = {}
     for split in SPLITS:
         count = int(sizes[split])
@@ -161,14 +234,16 @@ def load(request: SourceRequest) -> SourceTable:
         images, extra = cached_images(request.cache_dir, key, (count, request.image_size, request.image_size, 3), build)
         truth = {k: (np.asarray(v, np.int64) if k in ("labels", "skin_tone") else v) for k, v in extra["truth"].items()}
         truth["attributes"] = {k: np.asarray(v, np.int64) for k, v in truth["attributes"].items()}
+        inputs = [{"seed": hash_index(request.seed, split, i), "colour_names": truth["colour_sets"][i]} for i in range(count)]
         captions = [
             phantom_caption(int(truth["labels"][i]), {k: int(v[i]) for k, v in truth["attributes"].items()},
-                            int(truth["skin_tone"][i]), seed=hash_index(request.seed, split, i), colour_names=truth["colour_sets"][i])
+                            int(truth["skin_tone"][i]), frames=training_frames, **inputs[i])
             for i in range(count)
         ]
         splits[split] = SplitTable(
             images=images, labels=truth["labels"], attributes=truth["attributes"], skin_tone=truth["skin_tone"],
             captions=captions, image_ids=[f"phantom-{request.seed}-{split}-{i}" for i in range(count)], lesion_ids=None,
+            caption_inputs=inputs,
         )
     return SourceTable(info=info, splits=splits)
 
