@@ -120,6 +120,9 @@ class SkinDataModule(L.LightningDataModule):
         source: ``phantom`` | ``ham10000`` | ``isic`` | ``dermamnist`` | ``folder``.
         image_size: side of the square images in pixels.
         root / csv: data folder and metadata/caption CSV of file-based sources.
+        seed: the run's seed: the training shuffle and the phantom's rendering.
+        split_seed: real sources' train/val/test split, per-split subsets and caption phrasings;
+            independent of ``seed``, so every training seed sees the same data.
         num_train / num_val / num_test: phantom split sizes (defaults 2000/500/500); for other
             sources optional caps per split (a seeded subset).
         val_fraction / test_fraction: split shares where the source has no official split.
@@ -143,6 +146,7 @@ class SkinDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        split_seed: int = 0,
         root: str | None = None,
         csv: str | None = None,
         num_train: int | None = None,
@@ -188,7 +192,7 @@ class SkinDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.augmentation = Augment(augment_flips, augment_rot90, augment_brightness) if augment else None
         self.request = SourceRequest(
-            image_size=int(image_size), seed=int(seed), cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
+            image_size=int(image_size), seed=int(seed), split_seed=int(split_seed), cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
             root=Path(root) if root else None, csv=Path(csv) if csv else None,
             num_train=num_train, num_val=num_val, num_test=num_test,
             val_fraction=float(val_fraction), test_fraction=float(test_fraction),

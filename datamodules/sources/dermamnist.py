@@ -65,7 +65,7 @@ def load(request: SourceRequest) -> SourceTable:
         bad = np.flatnonzero((labels < 0) | (labels >= len(HAM_CLASSES)))
         if bad.size:
             raise ValueError(f"dermamnist: {path} {split}_labels[{bad[0]}] = {labels[bad[0]]} is not a class index 0-{len(HAM_CLASSES) - 1}")
-        rows = subsample(np.arange(len(labels)), request.cap(split), request.seed + code)
+        rows = subsample(np.arange(len(labels)), request.cap(split), request.split_seed + code)
         if len(rows) == 0:
             raise ValueError(f"dermamnist: the {split} split of {path} is empty")
         size = request.image_size
@@ -81,7 +81,7 @@ def load(request: SourceRequest) -> SourceTable:
                "rows": hashlib.sha1(rows.tobytes()).hexdigest(), "preprocess": request.preprocess_key()}
         images, _ = cached_images(request.cache_dir, key, (len(rows), size, size, 3), build)
         labels = labels[rows]
-        inputs = [{"seed": request.seed * 1_000_003 + code * 100_003 + int(r)} for r in rows]
+        inputs = [{"seed": request.split_seed * 1_000_003 + code * 100_003 + int(r)} for r in rows]
         splits[split] = SplitTable(
             images=images, labels=labels, attributes={}, skin_tone=np.zeros(len(rows), np.int64),
             captions=[metadata_caption(info, int(label), {}, 0, frames=training_frames, **kwargs) for label, kwargs in zip(labels, inputs)],

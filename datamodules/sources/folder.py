@@ -88,9 +88,9 @@ def load(request: SourceRequest) -> SourceTable:
             raise ValueError(f"folder: {path} row {row + 2} has split {names.iloc[row]!r}; expected one of {list(SPLITS)}")
         split_of_row = names.map({s: i for i, s in enumerate(SPLITS)}).to_numpy()
     else:
-        split_of_row = stratified_split(labels, (request.val_fraction, request.test_fraction), request.seed)
+        split_of_row = stratified_split(labels, (request.val_fraction, request.test_fraction), request.split_seed)
     info = DataInfo(source="folder", image_size=request.image_size, class_names=class_names)
-    chosen = {split: subsample(np.flatnonzero((split_of_row == code) & present), request.cap(split), request.seed + code)
+    chosen = {split: subsample(np.flatnonzero((split_of_row == code) & present), request.cap(split), request.split_seed + code)
               for code, split in enumerate(SPLITS)}
     empty_splits = [split for split, rows in chosen.items() if len(rows) == 0]
     if empty_splits:

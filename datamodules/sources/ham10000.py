@@ -101,10 +101,10 @@ def load(request: SourceRequest, source: str = "ham10000") -> SourceTable:
     info = DataInfo(source=source, image_size=request.image_size, class_names=class_names,
                     attribute_classes=attribute_classes, skin_tones=False)
 
-    split_of_row = stratified_group_split(labels, table["lesion_id"].to_numpy(str), (request.val_fraction, request.test_fraction), request.seed)
+    split_of_row = stratified_group_split(labels, table["lesion_id"].to_numpy(str), (request.val_fraction, request.test_fraction), request.split_seed)
     image_ids, lesion_ids = table["image_id"].to_numpy(str), table["lesion_id"].to_numpy(str)
     present = np.array([i in files for i in image_ids], bool)
-    chosen = {split: subsample(np.flatnonzero((split_of_row == code) & present), request.cap(split), request.seed + code)
+    chosen = {split: subsample(np.flatnonzero((split_of_row == code) & present), request.cap(split), request.split_seed + code)
               for code, split in enumerate(SPLITS)}
     empty = [split for split, rows in chosen.items() if len(rows) == 0]
     if empty:
@@ -116,7 +116,7 @@ def load(request: SourceRequest, source: str = "ham10000") -> SourceTable:
         images, keep = decode_split(request, source, split, [files[image_ids[r]] for r in rows])
         rows = rows[np.asarray(keep, np.int64)]
         attrs = {name: values[rows] for name, values in attributes.items() if name in attribute_classes}
-        inputs = [{"seed": request.seed * 1_000_003 + int(r), "age": float(ages[r])} for r in rows]
+        inputs = [{"seed": request.split_seed * 1_000_003 + int(r), "age": float(ages[r])} for r in rows]
         splits[split] = SplitTable(
             images=images, labels=labels[rows], attributes=attrs, skin_tone=np.zeros(len(rows), np.int64),
             captions=[metadata_caption(info, int(labels[r]), {k: int(v[i]) for k, v in attrs.items()}, 0, frames=training_frames,
