@@ -53,6 +53,21 @@ class U8Images:
         return {"path": self.path, "shape": self.shape, "_array": None}
 
 
+class SelectedRows:
+    """Some rows of an image array (``U8Images``), indexed as if they were the whole array."""
+
+    def __init__(self, images: U8Images | SelectedRows, rows: np.ndarray):
+        self.images, self.rows = images, np.asarray(rows, dtype=np.int64)
+        self.path = images.path  # the pixels' file, for fingerprints
+        self.shape = (len(self.rows), *images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.images[self.rows[index]]
+
+
 def cache_key(key: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules import captions as caption_templates
 from datamodules.cache import default_cache_dir
+from datamodules.holdout import Holdout, draw_conditions, fingerprint_with, matches, resolve_combos
 from datamodules.info import DataInfo
 from datamodules.resumable import ResumableDataLoader, ResumableSampler, rank_and_world
 from datamodules.sampling import ClassBalancedSampler, class_shares
@@ -132,6 +133,9 @@ class SkinDataModule(L.LightningDataModule):
             hybrid's table references and retrieval prior leave the target out by it).
         sampler: ``natural`` (each training image once per epoch) or ``balanced`` (class shares
             tempered by ``sampler_temperature``: 0 natural, 1 equal; ``datamodules.sampling``).
+        holdout_combos: attribute combinations removed from the training split, e.g.
+            ``[{diagnosis: malignant, skin_tone: 6, hair: true}]`` (``datamodules.holdout``).
+        holdout_paraphrases: caption frames (the source's last ones) that caption no stored image.
         augment / augment_flips / augment_rot90 / augment_brightness: training-split augmentation.
         denoise_sigma / color_constancy: preprocessing applied once before caching.
         class_names: fixes the class vocabulary of ``isic`` and ``folder`` (unknown labels then fail).
@@ -159,6 +163,8 @@ class SkinDataModule(L.LightningDataModule):
         with_index: bool = False,
         sampler: str = "natural",
         sampler_temperature: float = 1.0,
+        holdout_combos: list[dict[str, Any]] | None = None,
+        holdout_paraphrases: int = 0,
         augment: bool = True,
         augment_flips: bool = True,
         augment_rot90: bool = True,
@@ -188,11 +194,14 @@ class SkinDataModule(L.LightningDataModule):
         self.with_reference = with_reference
         self.with_index = with_index
         self.balanced, self.sampler_temperature = sampler == "balanced", float(sampler_temperature)
+        self._holdout_combos = [dict(combo) for combo in holdout_combos or ()]
+        self.holdout = Holdout(paraphrases=int(holdout_paraphrases))  # combos resolved against the vocabulary in setup
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.augmentation = Augment(augment_flips, augment_rot90, augment_brightness) if augment else None
         self.request = SourceRequest(
-            image_size=int(image_size), seed=int(seed), split_seed=int(split_seed), cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
+            image_size=int(image_size), seed=int(seed), split_seed=int(split_seed), holdout_paraphrases=int(holdout_paraphrases),
+            cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
             root=Path(root) if root else None, csv=Path(csv) if csv else None,
             num_train=num_train, num_val=num_val, num_test=num_test,
             val_fraction=float(val_fraction), test_fraction=float(test_fraction),
@@ -214,8 +223,15 @@ class SkinDataModule(L.LightningDataModule):
         if self.table is not None:
             return
         table = self._load(self.request)
+        self.holdout = Holdout(resolve_combos(self._holdout_combos, table.info), self.holdout.paraphrases)
+        if self.holdout.paraphrases and any(split.caption_inputs is None for split in table.splits.values()):
+            raise ValueError(f"data.holdout_paraphrases: source {self.source!r} takes its captions from its files, not from caption frames")
+        if self.holdout.combos:
+            held_out = matches(table.splits["train"], self.holdout.combos)
+            log.info("data.holdout_combos: %d of %d training images held out", int(held_out.sum()), len(held_out))
+            table.splits["train"] = table.splits["train"].select(np.flatnonzero(~held_out))
         self.table = table
-        self._info = replace(table.info, fingerprint=table.fingerprint())
+        self._info = replace(table.info, fingerprint=fingerprint_with(table.fingerprint(), self.holdout))
         self.train_set = SkinDataset(table.splits["train"], self.augmentation, self.with_reference, self.with_index)
         self.val_set = SkinDataset(table.splits["val"])
         self.test_set = SkinDataset(table.splits["test"])
@@ -238,26 +254,28 @@ class SkinDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return self.info.num_classes
 
-    def sample_conditions(self, n: int, seed: int = 0) -> dict[str, Any]:
-        """``n`` conditions drawn (with replacement) from the training split's joint label/attribute/tone
-        distribution, each with that training image's own caption: exactly what text models saw."""
+    def sample_conditions(self, num: int, seed: int, *, split: str = "train", holdout: str | None = None) -> dict[str, Any]:
+        """``num`` conditions (caption, label, attributes, skin_tone) drawn with replacement from ``split``'s rows.
+
+        Args:
+            split: whose metadata supplies the label / attribute / tone mix (``train``, ``val``, ``test``).
+            holdout: None, the training prompt distribution (each row's own caption); ``"paraphrase"``,
+                the same rows captioned only in held-out frames; ``"combo"``, rows of the held-out
+                combinations only (``split`` val or test), with their own captions.
+        """
         self.setup()
-        generator = torch.Generator().manual_seed(seed)
-        rows = torch.randint(len(self.train_set), (n,), generator=generator).numpy()
-        train = self.train_set
-        return {
-            "caption": [train.captions[r] for r in rows],
-            "label": torch.as_tensor(train.labels[rows], dtype=torch.long),
-            "attributes": {name: torch.as_tensor(values[rows], dtype=torch.long) for name, values in train.attributes.items()},
-            "skin_tone": torch.as_tensor(train.skin_tone[rows], dtype=torch.long),
-        }
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        table = self.table.splits[split]
+        return draw_conditions(table, self.info, num, seed, split=split, kind=holdout, holdout=self.holdout)
 
     def sample_captions(self, n: int, seed: int = 0) -> list[str]:
         return self.sample_conditions(n, seed)["caption"]
 
     def caption_for(self, label: int, attributes: dict[str, int], skin_tone: int = 0, seed: int = 0) -> str:
-        """A caption for chosen values (any combination; unknown = -1 / tone 0 is left out)."""
-        return caption_templates.caption_for(self.info, label, attributes, skin_tone, seed)
+        """A caption for chosen values (any combination; unknown = -1 / tone 0 is left out), in a training frame."""
+        training_frames, _ = caption_templates.frames_of(self.info, self.holdout.paraphrases)
+        return caption_templates.caption_for(self.info, label, attributes, skin_tone, seed, frames=training_frames)
 
     def parse_caption(self, text: str) -> dict[str, Any]:
         return caption_templates.parse_caption(text, self.info)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.cache import U8Images
+from datamodules.cache import SelectedRows, U8Images
 from datamodules.info import DataInfo
 from datamodules.transforms import Preprocess
 
@@ -66,7 +66,7 @@ class SourceRequest:
 class SplitTable:
     """One split: images (N, H, W, 3) uint8 and per-image truth, all indexed alike."""
 
-    images: U8Images
+    images: U8Images | SelectedRows
     labels: np.ndarray  # (N,) int64
     attributes: dict[str, np.ndarray]  # name -> (N,) int64, -1 unknown
     skin_tone: np.ndarray  # (N,) int64, Fitzpatrick 1-6, 0 unknown
@@ -79,6 +79,20 @@ class SplitTable:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def select(self, rows: np.ndarray) -> SplitTable:
+        """The split restricted to ``rows`` (indices, in order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return SplitTable(
+            images=SelectedRows(self.images, rows), labels=self.labels[rows],
+            attributes={name: values[rows] for name, values in self.attributes.items()}, skin_tone=self.skin_tone[rows],
+            captions=_pick(self.captions, rows), image_ids=_pick(self.image_ids, rows),
+            lesion_ids=_pick(self.lesion_ids, rows), caption_inputs=_pick(self.caption_inputs, rows),
+        )
+
+
+def _pick(values: list[Any] | None, rows: np.ndarray) -> list[Any] | None:
+    return [values[r] for r in rows] if values is not None else None
 
 
 @dataclass
