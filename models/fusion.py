@@ -17,12 +17,15 @@ pretrained weights is initialised from a fixed seed, so a reloaded model rebuild
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datamodules.sampling import class_quotas
 from models.backbones import build_backbone, imagenet_normalize
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,29 @@ def frozen_backbone(name: str, pretrained: bool | str, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         model = build_backbone(name, False)
     return model.requires_grad_(False).eval()
+
+
+def fit_indices(labels: Sequence[int] | np.ndarray, count: int) -> list[int]:
+    """``count`` training indices for the fit: each diagnosis in proportion to its size, at least one each.
+
+    The retrieval prior of a diagnosis is built from its own table entries; a diagnosis without
+    any would silently borrow another's. Within a diagnosis the picks are evenly spaced.
+    """
+    labels = np.asarray(labels)
+    if count >= len(labels):
+        return list(range(len(labels)))
+    classes, sizes = np.unique(labels, return_counts=True)
+    quotas = class_quotas(sizes, 0.0, count)  # proportional, largest remainder
+    for index in np.flatnonzero(quotas == 0):  # a rare diagnosis takes one pick from the largest quota
+        if quotas.max() < 2:  # fewer picks than diagnoses
+            break
+        quotas[int(np.argmax(quotas))] -= 1
+        quotas[index] = 1
+    picks = []
+    for label, quota in zip(classes, quotas):
+        members = np.flatnonzero(labels == label)
+        picks.extend(members[np.linspace(0, len(members) - 1, int(quota)).round().astype(np.int64)].tolist())
+    return sorted(picks)
 
 
 def attribute_matrix(conditions: dict[str, Any], attribute_names: tuple[str, ...], count: int) -> Tensor:

@@ -28,7 +28,7 @@ from torchvision.transforms.v2.functional import gaussian_blur
 from datamodules.info import DataInfo
 from models.classifier import batch_targets, head_sizes
 from models.diffusion import DenoiseFn, NoiseProcess, classifier_free_guidance, sampler_name
-from models.fusion import FusionConditioner, attribute_matrix
+from models.fusion import FusionConditioner, attribute_matrix, fit_indices
 from models.generative import Conditions, GenerativeModule
 from models.schedules import with_warmup_cosine
 from models.text_encoder import TextEncoder
@@ -337,15 +337,14 @@ class HybridDiffusion(GenerativeModule):
             buffer.copy_(self.trainer.strategy.broadcast(buffer, src=0))
 
     def _fit_batches(self, datamodule: Any, batch_size: int = 64) -> Any:
-        """Evenly spaced training items with their split indices (so training can exclude the target)."""
+        """Training items of every diagnosis (``fit_indices``) with their split indices (so training can exclude the target)."""
         dataset = getattr(datamodule, "train_set", None)
         if dataset is None:
             yield from datamodule.train_dataloader()
             return
         from torch.utils.data import default_collate
 
-        count = min(len(dataset), self.fusion.max_fit_images)
-        indices = torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()
+        indices = fit_indices(dataset.labels, self.fusion.max_fit_images)
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             items = [{k: v for k, v in dataset[i].items() if k != "reference"} for i in chunk]

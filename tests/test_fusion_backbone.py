@@ -5,13 +5,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from models.backbones import imagenet_normalize, pretrained_efficientnet_lite0
-from models.fusion import FusionConditioner
+from models.fusion import FusionConditioner, fit_indices
 
 MODEL_YAML = Path(__file__).resolve().parents[1] / "experiments/configs/model/hybrid.yaml"
 
@@ -56,3 +57,27 @@ def test_random_backbone_is_rebuilt_identically_and_leaves_the_global_rng_alone(
     torch.testing.assert_close(first.image_features(images), second.image_features(images))
     other = FusionConditioner(text_dim=8, backbone="test_resnet", pretrained=False, input_size=16, backbone_seed=4)
     assert not torch.allclose(first.image_features(images), other.image_features(images))
+
+
+def test_fit_covers_every_diagnosis_in_proportion() -> None:
+    labels = np.array([0] * 950 + [1] * 40 + [2] * 8 + [3] * 2)
+    old_choice = set(labels[np.linspace(0, len(labels) - 1, 32).round().astype(int)].tolist())
+    assert old_choice != {0, 1, 2, 3}  # evenly spaced picks alone miss the rarest diagnoses
+    picks = fit_indices(labels, 32)
+    assert len(picks) == len(set(picks)) == 32 and picks == sorted(picks)
+    assert np.bincount(labels[picks]).tolist() == [29, 1, 1, 1]  # 32 x shares [30.4, 1.3, 0.3, 0.1], at least one each
+    assert fit_indices(labels, 5000) == list(range(1000))
+    rare = [p for p in fit_indices(labels, 300) if labels[p] == 1]
+    assert rare[0] == 950 and rare[-1] == 989  # spread over the whole class
+
+
+def test_prior_of_each_diagnosis_comes_from_its_own_images() -> None:
+    fusion = FusionConditioner(text_dim=8, backbone="test_resnet", pretrained=False, input_size=16, visual_components=4, max_fit_images=40)
+    labels = torch.tensor([0] * 30 + [1] * 7 + [2] * 3)
+    features = torch.randn(40, int(fusion._cnn.num_features))
+    fusion.fit(torch.randn(40, 8), features, labels, torch.full((40, 1), -1))
+    codes = fusion.table_codes[:40]
+    unknown = torch.full((3, 1), -1)  # nothing but the diagnosis known: the diagnosis's mean code
+    prior = fusion.prior(torch.tensor([0, 1, 2]), unknown)
+    for label in range(3):
+        torch.testing.assert_close(prior[label], codes[labels == label].mean(0))
