@@ -42,6 +42,21 @@ def frozen_backbone(name: str, pretrained: bool | str, seed: int) -> nn.Module:
     return model.requires_grad_(False).eval()
 
 
+def upgrade_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Fusion settings of a checkpoint that names its CNN ``cnn`` (``cnn_seed``), read as today's keys.
+
+    Those checkpoints fed a timm network without weights on disk, i.e. the seeded random one,
+    the images at their own size: ``pretrained=False`` and ``input_size=None`` rebuild it.
+    """
+    if "cnn" not in settings:
+        return settings
+    upgraded = {k: v for k, v in settings.items() if k not in ("cnn", "cnn_seed")}
+    upgraded.update(backbone=settings["cnn"], backbone_seed=settings.get("cnn_seed", 0), input_size=None)
+    if not isinstance(settings.get("pretrained"), str):
+        upgraded["pretrained"] = False
+    return upgraded
+
+
 def fit_indices(labels: Sequence[int] | np.ndarray, count: int) -> list[int]:
     """``count`` training indices for the fit: each diagnosis in proportion to its size, at least one each.
 
@@ -101,7 +116,7 @@ class FusionConditioner(nn.Module):
         pretrained: True (the offline ImageNet weights of ``efficientnet_lite0``), a weights
             file for any timm architecture, or False for a seeded random network.
         input_size: side the images are resized to before the CNN (ImageNet networks need
-            more than the 32 px of the quick budget to see structure).
+            more than the 32 px of the quick budget to see structure); None keeps their size.
         text_components, visual_components: PCA sizes.
         weight: weight of the visual block in the concatenation (text block: ``1 - weight``).
         max_fit_images: training images embedded for PCA and the retrieval table.
@@ -116,7 +131,7 @@ class FusionConditioner(nn.Module):
         enabled: bool = True,
         backbone: str = "efficientnet_lite0",
         pretrained: bool | str = True,
-        input_size: int = 96,
+        input_size: int | None = 96,
         text_components: int = 32,
         visual_components: int = 32,
         weight: float = 0.5,
@@ -152,14 +167,14 @@ class FusionConditioner(nn.Module):
 
     @torch.no_grad()
     def image_features(self, images: Tensor, batch_size: int = 64) -> Tensor:
-        """(N, 3, H, W) in [-1, 1] -> CNN pooled features (N, F) of the images at ``input_size``."""
+        """(N, 3, H, W) in [-1, 1] -> CNN pooled features (N, F) of the images at ``input_size`` (None: as given)."""
         device = self.text_mean.device
         if next(self._cnn.parameters()).device != device:
             self._cnn.to(device)
         chunks = []
         for start in range(0, images.shape[0], batch_size):
             x = images[start : start + batch_size].to(device).float()
-            if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            if self.input_size is not None and x.shape[-2:] != (self.input_size, self.input_size):
                 x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=x.shape[-1] > self.input_size)
             chunks.append(self._cnn(imagenet_normalize(x)).float())
         return torch.cat(chunks)

@@ -28,7 +28,7 @@ from torchvision.transforms.v2.functional import gaussian_blur
 from datamodules.info import DataInfo
 from models.classifier import batch_targets, head_sizes
 from models.diffusion import DenoiseFn, NoiseProcess, classifier_free_guidance, sampler_name
-from models.fusion import FusionConditioner, attribute_matrix, fit_indices
+from models.fusion import FusionConditioner, attribute_matrix, fit_indices, upgrade_settings
 from models.generative import Conditions, GenerativeModule
 from models.schedules import with_warmup_cosine
 from models.text_encoder import TextEncoder
@@ -127,7 +127,7 @@ class HybridDiffusion(GenerativeModule):
     ) -> None:
         super().__init__(data_info)
         self.save_hyperparameters(ignore=["data_info"])
-        fusion_cfg = _plain(fusion)
+        fusion_cfg = upgrade_settings(_plain(fusion))
         self.prior_prob = float(fusion_cfg.pop("prior_prob", 0.5))
         self.reference_source = str(fusion_cfg.pop("reference_source", "table"))
         if self.reference_source not in ("table", "batch"):

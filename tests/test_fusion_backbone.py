@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from models.backbones import imagenet_normalize, pretrained_efficientnet_lite0
-from models.fusion import FusionConditioner, fit_indices
+from models.backbones import build_backbone, imagenet_normalize, pretrained_efficientnet_lite0
+from models.fusion import FusionConditioner, fit_indices, upgrade_settings
 
 MODEL_YAML = Path(__file__).resolve().parents[1] / "experiments/configs/model/hybrid.yaml"
 
@@ -81,3 +81,22 @@ def test_prior_of_each_diagnosis_comes_from_its_own_images() -> None:
     prior = fusion.prior(torch.tensor([0, 1, 2]), unknown)
     for label in range(3):
         torch.testing.assert_close(prior[label], codes[labels == label].mean(0))
+
+
+def test_checkpoints_that_name_their_cnn_rebuild_the_same_random_network() -> None:
+    legacy = {"cnn": "test_resnet", "pretrained": True, "cnn_seed": 2, "visual_components": 4, "prior_prob": 0.5}
+    settings = upgrade_settings(legacy)
+    assert settings == {"backbone": "test_resnet", "pretrained": False, "backbone_seed": 2, "input_size": None,
+                        "visual_components": 4, "prior_prob": 0.5}
+    assert upgrade_settings({"backbone": "resnet50", "pretrained": "/w.pt"}) == {"backbone": "resnet50", "pretrained": "/w.pt"}
+    assert upgrade_settings({"cnn": "resnet50", "pretrained": "/w.pt"})["pretrained"] == "/w.pt"
+    settings.pop("prior_prob")
+    rebuilt = FusionConditioner(text_dim=8, **settings)
+    seen: list[tuple[int, ...]] = []
+    rebuilt._cnn.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    images = torch.rand(2, 3, 20, 20) * 2 - 1
+    features = rebuilt.image_features(images)
+    assert seen == [(2, 3, 20, 20)]  # the images at their own size, as those checkpoints saw them
+    torch.manual_seed(2)
+    with torch.no_grad():
+        torch.testing.assert_close(features, build_backbone("test_resnet", False).eval()(imagenet_normalize(images)))
