@@ -12,11 +12,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from datamodules.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 CACHE_ENV = "DERMSYNTH_CACHE"
@@ -91,25 +92,19 @@ def cached_images(
         meta = json.loads(meta_path.read_text())
         return U8Images(path, tuple(meta["shape"])), meta.get("extra", {})
 
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".npy")
-    os.close(handle)
-    try:
+    with atomic_path(path) as temp:
         out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
         extra = build(out) or {}
         keep = extra.get("keep")
         if keep is not None and len(keep) < shape[0]:
             kept = np.array(out[np.asarray(keep, dtype=np.int64)])
             del out
-            np.save(temp, kept)
+            with open(temp, "wb") as handle:  # a file object: np.save would append ".npy" to a name
+                np.save(handle, kept)
             shape = kept.shape
         else:
             out.flush()
             del out
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    meta_path.write_text(json.dumps({"key": key, "shape": list(shape), "extra": extra}, default=str))
+    write_text_atomic(meta_path, json.dumps({"key": key, "shape": list(shape), "extra": extra}, default=str))
     log.info("Cached %s images %s at %s", key.get("source"), tuple(shape), path)
     return U8Images(path, tuple(shape)), extra

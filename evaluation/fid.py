@@ -17,11 +17,13 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
+
+from datamodules.atomic import write_bytes_atomic
 
 # torchmetrics warns that KID/IS keep every feature in memory; here that is the intent.
 warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
@@ -109,7 +111,4 @@ class RealFeatureCache:
         return load_file(path) if path.is_file() else None
 
     def save(self, key: str, tensors: dict[str, Tensor]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        temp = self.root / f".{key}.{torch.randint(0, 1 << 30, ()).item()}.tmp"
-        save_file({k: v.contiguous() for k, v in tensors.items()}, temp)
-        temp.replace(self.root / f"{key}.safetensors")
+        write_bytes_atomic(self.root / f"{key}.safetensors", save({k: v.contiguous() for k, v in tensors.items()}))

@@ -13,17 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
+from datamodules.atomic import atomic_path
 from datamodules.info import DataInfo
 from evaluation.data import collect, split_hash
 from models.classifier import SkinClassifier, batch_targets, head_accuracy, head_sizes, train_classifier
@@ -90,14 +88,12 @@ def load_or_train_judge(datamodule: Any, judge_cfg: Any, cache_dir: str | Path, 
 
 def _store(folder: Path, model: SkinClassifier, meta: dict[str, Any]) -> None:
     # Written to a temporary folder and renamed, so a concurrent reader never sees half a judge.
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, temp / "model.safetensors")
-    (temp / "judge.json").write_text(json.dumps(meta, indent=1, default=str))
     try:
-        os.replace(temp, folder)
+        with atomic_path(folder, directory=True) as temp:
+            (temp / "model.safetensors").write_bytes(save({k: v.contiguous() for k, v in model.state_dict().items()}))
+            (temp / "judge.json").write_text(json.dumps(meta, indent=1, default=str))
     except OSError:  # another process stored the same judge first
-        shutil.rmtree(temp, ignore_errors=True)
+        pass
 
 
 def sanity_figures(model: SkinClassifier, test: dict[str, Any], seed: int, noise_std: float) -> dict[str, Any]:

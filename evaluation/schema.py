@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from datamodules.atomic import write_text_atomic
 
 # DESIGN section 3, in this order (json keeps it, so files diff cleanly between runs).
 METRIC_KEYS: tuple[str, ...] = (
@@ -74,15 +74,7 @@ def write_metrics_json(path: str | Path, metrics: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(validate_metrics(metrics), indent=2, allow_nan=False)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text + "\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text + "\n")
 
 
 def read_metrics_json(path: str | Path) -> dict[str, Any]:

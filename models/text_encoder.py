@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
+
+from datamodules.atomic import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +97,7 @@ class EmbeddingCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: torch.cat([self.entries[k][1][None], self.entries[k][0]]).contiguous() for k in sorted(self.pending)}
         path = self.directory / f"{time.time_ns()}_{os.getpid()}.safetensors"
-        temp = path.with_suffix(".tmp")
-        save_file(tensors, str(temp))
-        temp.rename(path)  # atomic: a reader never sees half a shard
+        write_bytes_atomic(path, save(tensors))  # a reader never sees half a shard
         self.pending.clear()
         return path
 
