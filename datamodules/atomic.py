@@ -15,7 +15,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -75,6 +75,26 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     with atomic_write(path, "wb") as handle:
         handle.write(data)
     return Path(path)
+
+
+def umask_file_mode() -> int:
+    """0o666 minus the process's umask: the mode ``open`` gives a new file."""
+    try:  # Linux reports the umask without changing it (os.umask can only read by setting)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def apply_umask_mode(paths: Iterable[Path]) -> None:
+    """Give files a library wrote itself (safetensors creates them 0600) the mode ``open`` would have."""
+    mode = umask_file_mode()
+    for path in paths:
+        path.chmod(mode)
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:

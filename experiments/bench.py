@@ -3,16 +3,18 @@
     python -m experiments.bench data                           # one suite
     python -m experiments.bench train sample out=bench.json    # several
     python -m experiments.bench all                            # every suite, in the order below
-    python -m experiments.bench all sample.ckpt=PATH train.steps=20 num_images=32
+    python -m experiments.bench all sample.ckpt=PATH train.steps=20 sample.num_images=32
 
 Suites (each in ``experiments/bench_suites/``; its docstring says what each key measures and how):
 ``data`` (loader throughput vs the step's demand), ``train`` (Lightning and hybrid overhead,
 text-embedding cache, speed knobs), ``sample`` (seconds and NFE per sampler, DPM-Solver++ vs
 DDPM FD), ``eval`` (cold vs warm evaluation cache), ``memory`` (peak RSS of a quick hybrid run).
 
-Options are ``key=value``. A plain key goes to every selected suite that has it; ``suite.key``
-to that suite alone (``sample.num_images=16 eval.num_images=1000``). Every suite has size
-options so that a test runs it in seconds; an unknown option fails and lists the valid ones.
+Options are ``<suite>.<key>=value`` (``sample.num_images=16 eval.num_images=1000``), composed by
+Hydra from configs/bench.yaml, which lists every suite's options and their defaults; an unknown
+option fails and lists the valid ones. Every suite has size options so that a test runs it in
+seconds. From Python, ``run(names, options)`` also takes a plain key for every selected suite
+that has it.
 
 Each figure is a ratio measured side by side in one process, since absolute times drift on a
 shared machine; the settings used sit beside the numbers (``<suite>.settings``). Results merge
@@ -26,13 +28,35 @@ from __future__ import annotations
 import json
 import logging
 import operator
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import CONFIG_DIR
 from experiments.bench_suites import data, eval_cache, memory, sample, train
+from experiments.command import command
+
+
+def as_option(value: Any) -> str:
+    """A YAML value as the string option the suites parse (null -> "", true -> "true", [20, 10] -> "20,10")."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
+        return ",".join(as_option(v) for v in value)
+    return str(value)
+
+
+def suite_options(cfg: DictConfig, name: str) -> dict[str, str]:
+    return {str(key): as_option(value) for key, value in cfg[name].items()}
+
+
+# Each suite's options and their defaults live in configs/bench.yaml.
+DEFAULTS = OmegaConf.load(CONFIG_DIR / "bench.yaml")
 
 
 @dataclass(frozen=True)
@@ -47,11 +71,11 @@ class Suite:
 
 
 SUITES: dict[str, Suite] = {
-    "data": Suite(data.suite, data.OPTIONS),
-    "train": Suite(train.suite, train.OPTIONS),
-    "sample": Suite(sample.suite, sample.OPTIONS),
-    "eval": Suite(eval_cache.suite, eval_cache.OPTIONS),
-    "memory": Suite(memory.suite, memory.OPTIONS),
+    "data": Suite(data.suite, suite_options(DEFAULTS, "data")),
+    "train": Suite(train.suite, suite_options(DEFAULTS, "train")),
+    "sample": Suite(sample.suite, suite_options(DEFAULTS, "sample")),
+    "eval": Suite(eval_cache.suite, suite_options(DEFAULTS, "eval")),
+    "memory": Suite(memory.suite, suite_options(DEFAULTS, "memory")),
 }
 
 # Keys bench.json always has (null until their suite runs): what issue #9 asks for.
@@ -166,13 +190,21 @@ def summary_table(results: dict[str, Any], names: list[str]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+def command_options(cfg: DictConfig) -> tuple[list[str], dict[str, str]]:
+    """The suites and ``run`` options a composed configs/bench.yaml asks for (options that differ from the defaults)."""
+    names = [str(name) for name in cfg.suites]
+    options = {"out": str(cfg.out)}
+    for name, suite in SUITES.items():
+        options.update({f"{name}.{key}": value for key, value in suite_options(cfg, name).items() if value != suite.options[key]})
+    return names, options
+
+
+@command("bench", positional="suites", as_list=True)
+def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for name in ("lightning.pytorch", "lightning.fabric"):  # one "GPU available" banner per timed fit otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
-    names = [a for a in args if "=" not in a]
-    options = dict(a.split("=", 1) for a in args if "=" in a)
+    names, options = command_options(cfg)
     results = run(names, options)
     ran = list(SUITES) if "all" in names else names
     print(json.dumps({k: v for k, v in results.items() if k.split(".")[0] in ran}, indent=1))

@@ -3,7 +3,9 @@
     python -m experiments.evaluate ckpt=runs/hybrid/2026-01-01_00-00-00/checkpoints/last.ckpt
     python -m experiments.evaluate real=DIR fake=DIR [out=DIR] [data=phantom] [eval.feature_extractor=domain]
 
-Any other ``key=value`` overrides the run config (``eval.num_generated=2000``, ``data.root=...``);
+Settings: configs/evaluate.yaml, which holds the run config, so any run key can be overridden
+(``eval.num_generated=2000``, ``data.root=...``) and a typo fails listing the valid keys. With ``ckpt=``
+the run config stored in the checkpoint is the base and the overrides apply on top of it;
 ``model.guidance_scale``, ``model.sampler.name`` and ``model.sampler.steps`` change how the checkpoint samples.
 Both modes write ``metrics.json`` (into ``out``, default: the run folder, or ``fake``) and print the
 metrics as one JSON object on the last line of stdout. Folder mode pairs files by name for
@@ -13,16 +15,15 @@ whose training split the judge learns), else the Inception weights.
 
 from __future__ import annotations
 
+import functools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 from evaluation.data import cache_root
@@ -32,10 +33,11 @@ from evaluation.judge import load_or_train_judge
 from evaluation.protocol import evaluate_generator
 from evaluation.reconstruction import image_quality
 from evaluation.schema import empty_metrics, read_metrics_json, write_metrics_json
-from experiments import CONFIG_DIR
-from models.checkpoint import load_generator, read_checkpoint
+from experiments.command import command, task_overrides
+from experiments.compose import checkpoint_config, parse_overrides, with_checkpoint_data
+from models.checkpoint import build_stored_datamodule, load_generator, read_checkpoint, stored_config
 
-OWN_KEYS = ("ckpt", "real", "fake", "out", "size")
+OWN_KEYS = ("ckpt", "real", "fake", "out", "size")  # the command's own keys in configs/evaluate.yaml
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
@@ -80,29 +82,6 @@ def evaluate_folders(real_dir: str | Path, fake_dir: str | Path, eval_cfg: Any, 
     return metrics
 
 
-def split_arguments(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    own, overrides = {}, []
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key in OWN_KEYS:
-            own[key] = value
-        else:
-            overrides.append(arg)
-    return own, overrides
-
-
-def compose_run_config(base: dict[str, Any] | None, overrides: list[str]) -> DictConfig:
-    """The run config stored in a checkpoint (or the defaults) with command-line overrides applied."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        defaults = compose(config_name="config", overrides=[o for o in overrides if o.split("=")[0] in ("data", "exp", "budget")])
-    cfg = OmegaConf.create(base) if base is not None else defaults
-    if base is not None and "eval" not in cfg:
-        cfg.eval = defaults.eval
-    groups = ("data", "exp", "budget")
-    cfg.merge_with(OmegaConf.from_dotlist([o for o in overrides if o.split("=")[0] not in groups]))  # seed=1 too, not only dotted keys
-    return cfg
-
-
 SAMPLING_KEYS = {"model.guidance_scale": "guidance_scale", "model.sampler.name": "sampler", "model.sampler.steps": "steps"}
 
 
@@ -113,59 +92,71 @@ def apply_sampling_overrides(model: Any, overrides: list[str]) -> None:
     """
     from experiments.generate import apply_sampling_settings
 
-    settings: dict[str, str | None] = dict.fromkeys(SAMPLING_KEYS.values())
-    for override in overrides:
-        key, _, value = override.partition("=")
+    settings: dict[str, Any] = dict.fromkeys(SAMPLING_KEYS.values())
+    for override in parse_overrides(overrides):
+        key = override.key_or_group
         if key in SAMPLING_KEYS:
-            settings[SAMPLING_KEYS[key]] = value
+            settings[SAMPLING_KEYS[key]] = override.value()
         elif key.startswith("model."):
             raise ValueError(f"{key}: a trained checkpoint's model cannot change; only {', '.join(SAMPLING_KEYS)} can")
     apply_sampling_settings(model, settings["guidance_scale"], settings["sampler"], settings["steps"])  # cast to the model's types
 
 
-def evaluate(argv: list[str]) -> dict[str, Any]:
-    """The command: returns the metrics it wrote."""
-    own, overrides = split_arguments(argv)
-    if "ckpt" in own:
-        checkpoint = read_checkpoint(own["ckpt"])
-        cfg = compose_run_config(checkpoint.get("dermsynth_config"), overrides)
-        model = load_generator(own["ckpt"], map_location="cuda" if torch.cuda.is_available() else "cpu")
-        apply_sampling_overrides(model, overrides)
+def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any], Path]:
+    """The checkpoint's generator under its stored run config with ``overrides`` on top."""
+    checkpoint = read_checkpoint(cfg.ckpt)
+    run_cfg = checkpoint_config(stored_config(checkpoint, cfg.ckpt), overrides, "evaluate", OWN_KEYS)
+    model = load_generator(cfg.ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu")
+    apply_sampling_overrides(model, overrides)
+    datamodule = build_stored_datamodule(run_cfg.data, f"{cfg.ckpt}: dermsynth_config.data")
+    out = Path(cfg.out or Path(cfg.ckpt).resolve().parent.parent)
+    previous = read_metrics_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
+    extra = {
+        "exp": run_cfg.get("exp_name"), "data": run_cfg.data.get("source"), "seed": int(run_cfg.get("seed", 0)),
+        "train_steps": int(checkpoint.get("global_step", 0)), "train_time_s": previous.get("train_time_s"),
+    }
+    return evaluate_generator(model, datamodule, run_cfg.eval, out, extra=extra), out
+
+
+def evaluate_two_folders(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any], Path]:
+    """FD and the other figures between ``cfg.real`` and ``cfg.fake``; domain features need ``data=``."""
+    has_data = any(o.key_or_group == "data" for o in parse_overrides(overrides))
+
+    def judge():
+        if not has_data:
+            raise ValueError("domain features need data=<source> (the judge learns its training split), or give eval.inception_weights=PATH")
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         datamodule.setup()
-        out = Path(own.get("out") or Path(own["ckpt"]).resolve().parent.parent)
-        previous = read_metrics_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
-        extra = {
-            "exp": cfg.get("exp_name"), "data": cfg.data.get("source"), "seed": int(cfg.get("seed", 0)),
-            "train_steps": int(checkpoint.get("global_step", 0)), "train_time_s": previous.get("train_time_s"),
-        }
-        metrics = evaluate_generator(model, datamodule, cfg.eval, out, extra=extra)
-    elif "real" in own and "fake" in own:
-        cfg = compose_run_config(None, overrides)
-        has_data = any(o.startswith("data=") for o in overrides)
+        return load_or_train_judge(datamodule, cfg.eval.judge, cache_root(cfg.eval), progress=True)
 
-        def judge():
-            if not has_data:
-                raise ValueError("domain features need data=<source> (the judge learns its training split), or give eval.inception_weights=PATH")
-            datamodule = instantiate(cfg.data)
-            datamodule.prepare_data()
-            datamodule.setup()
-            return load_or_train_judge(datamodule, cfg.eval.judge, cache_root(cfg.eval), progress=True)
+    extractor = build_feature_extractor(cfg.eval, judge)
+    # Domain features are only valid at the size the judge learned; Inception resizes itself.
+    size = cfg.size or (cfg.data.image_size if has_data else None)
+    metrics = evaluate_folders(cfg.real, cfg.fake, cfg.eval, extractor, int(size) if size else None)
+    return metrics, Path(cfg.out or cfg.fake)
 
-        extractor = build_feature_extractor(cfg.eval, judge)
-        # Domain features are only valid at the size the judge learned; Inception resizes itself.
-        size = own.get("size") or (cfg.data.image_size if has_data else None)
-        metrics = evaluate_folders(own["real"], own["fake"], cfg.eval, extractor, int(size) if size else None)
-        out = Path(own.get("out") or own["fake"])
+
+def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The command (``cfg`` composed from configs/evaluate.yaml): returns the metrics it wrote.
+
+    ``overrides``: the command line's overrides (default: those of the running Hydra app); in
+    checkpoint mode they apply on top of the run config the checkpoint stores.
+    """
+    overrides = task_overrides() if overrides is None else list(overrides)
+    if cfg.ckpt:
+        metrics, out = evaluate_checkpoint(cfg, overrides)
+    elif cfg.real and cfg.fake:
+        metrics, out = evaluate_two_folders(cfg, overrides)
     else:
         raise SystemExit("usage: python -m experiments.evaluate ckpt=PATH [out=DIR] | real=DIR fake=DIR [out=DIR] [key=value ...]")
     write_metrics_json(out / "metrics.json", metrics)
     return metrics
 
 
-def main() -> None:
-    metrics = evaluate(sys.argv[1:])
+@command("evaluate", prepare=functools.partial(with_checkpoint_data, ckpt_key="ckpt"))
+def main(cfg: DictConfig) -> None:
+    metrics = evaluate(cfg)
     print(json.dumps(metrics, default=str), flush=True)
 
 

@@ -13,17 +13,15 @@ is a short model card; ``DIR/dermsynth.json`` keeps the data vocabulary and run 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
+from datamodules.atomic import apply_umask_mode
+from experiments.command import command
 from models.generative import GenerativeModule
-
-USAGE = "usage: python -m experiments.export ckpt=PATH out=DIR [use_ema=true]"
 
 
 def export_model(model: GenerativeModule, out: str | Path) -> Path:
@@ -60,6 +58,7 @@ def export_model(model: GenerativeModule, out: str | Path) -> Path:
         "run_config": model.run_config,
     }, indent=1, default=str))
     (out / "README.md").write_text(model_card(model, sampler))
+    apply_umask_mode(out.rglob("*.safetensors"))  # shared as any other file, not 0600
     return out
 
 
@@ -106,16 +105,16 @@ def model_card(model: GenerativeModule, sampler: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
-    unknown = set(args) - {"ckpt", "out", "use_ema"}
-    if "ckpt" not in args or "out" not in args or unknown:
-        raise SystemExit(f"{USAGE}" + (f" (unknown keys: {sorted(unknown)})" if unknown else ""))
+def export(cfg: DictConfig) -> Path:
+    """The command (``cfg`` composed from configs/export.yaml): load ``cfg.ckpt``, write ``cfg.out``."""
     from models.checkpoint import load_generator
 
-    model = load_generator(args["ckpt"], use_ema=args.get("use_ema", "true").lower() != "false")
-    out = export_model(model, args["out"])
-    print(f"exported to {out.absolute()}", flush=True)
+    return export_model(load_generator(cfg.ckpt, use_ema=bool(cfg.use_ema)), cfg.out)
+
+
+@command("export")
+def main(cfg: DictConfig) -> None:
+    print(f"exported to {export(cfg).absolute()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,18 @@
 Writes ``00000.png ...`` (names never come from prompts), ``metadata.csv`` (file, prompt, seed,
 guidance, sampler, steps), ``captions.csv`` (file, caption, label: the ``folder`` source format,
 so ``data=folder data.root=DIR`` trains or evaluates on it) and, where labels are known,
-``ham10000_metadata.csv`` (image_id, lesion_id, dx, dx_type, ...). Settings: configs/generate.yaml.
+``ham10000_metadata.csv`` (image_id, lesion_id, dx, dx_type, ...), and ``generate.json`` (the files,
+the settings, and prompt words the model's vocabulary lacks). ``out`` must be new or empty;
+``overwrite=true`` replaces an earlier generate's set there (experiments/generated_set.py).
+A prompt reaches the model exactly as the shell passed it (experiments/command.py).
+Settings: configs/generate.yaml.
 """
 
 from __future__ import annotations
 
 import csv
-import sys
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +29,12 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from experiments import CONFIG_DIR
+from datamodules.info import DataInfo
+from experiments.command import command
+from experiments.generated_set import planned_files, prepare_output, write_manifest
 from models.generative import GenerativeModule
+
+log = logging.getLogger(__name__)
 
 
 def load_reference(path: str | Path, size: int) -> Tensor:
@@ -133,51 +142,98 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
         writer.writerows(rows)
 
 
-def read_config(argv: list[str]) -> DictConfig:
-    """configs/generate.yaml with ``key=value`` overrides; an unknown key fails listing the valid ones."""
-    base = OmegaConf.load(CONFIG_DIR / "generate.yaml")
-    OmegaConf.set_struct(base, True)
-    try:
-        return OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
-    except Exception as error:
-        raise SystemExit(f"{error}\nvalid keys: {', '.join(base.keys())} (sampler.name, sampler.steps)") from None
+CONDITIONING_KEYS = ("prompt", "prompts", "balanced", "reference", "guidance_scale")
+# Words that name a skin type; a prompt with one that the model cannot read gets a warning.
+SKIN_TYPE_WORDS = re.compile(r"\b(fitzpatrick|phototype|skin\s+type|type\s+[ivx0-9]+\s+skin)\b", re.IGNORECASE)
 
 
-def build_conditions(model: GenerativeModule, cfg: DictConfig) -> dict[str, Any] | None:
+def check_settings(cfg: DictConfig) -> None:
+    """Values no model can use, refused before anything is loaded or written."""
+    for key in ("num_images", "batch_size"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value}: must be a positive integer")
+    if sum(bool(cfg[key]) for key in ("prompt", "prompts", "balanced")) > 1:
+        raise ValueError("give one of prompt=..., prompts=FILE or balanced=true")
+
+
+def check_conditioning(model: GenerativeModule, cfg: DictConfig) -> None:
+    """An unconditional model has nothing to do with prompts, references or guidance: say so."""
+    name = type(model).__name__
+    given = [key for key in CONDITIONING_KEYS if cfg[key] not in (None, False)]
+    if model.conditioning == "none" and given:
+        raise ValueError(f"the checkpoint holds an unconditional {name}: it cannot use {', '.join(given)}; leave "
+                         f"{'them' if len(given) > 1 else 'it'} out")
+    if cfg.reference and (model.conditioning != "text" or not getattr(getattr(model, "fusion", None), "enabled", False)):
+        raise ValueError(f"reference= feeds the hybrid's visual branch; this {name} has none")
+
+
+def unrecognised(prompt: str, parsed: dict[str, Any], info: DataInfo) -> list[str]:
+    """What a prompt names that the model's vocabulary does not hold (empty when it reads all of it)."""
+    problems = []
+    if "label" not in parsed and info.num_classes > 1:
+        problems.append(f"no diagnosis this model knows ({', '.join(info.class_names)})")
+    if SKIN_TYPE_WORDS.search(prompt) and "skin_tone" not in parsed:
+        problems.append("a skin type this model cannot read (Fitzpatrick I-VI)" if info.skin_tones
+                        else "a skin type, but this model was trained without skin types")
+    return problems
+
+
+def read_prompts(cfg: DictConfig) -> list[str] | None:
+    if cfg.prompts:
+        try:
+            text = Path(cfg.prompts).read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"prompts file {cfg.prompts} is not UTF-8 (byte {error.object[error.start]:#x} at offset {error.start})") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise ValueError(f"prompts file {cfg.prompts} has no prompts")
+        return lines
+    return [str(cfg.prompt)] if cfg.prompt is not None else None
+
+
+def build_conditions(model: GenerativeModule, cfg: DictConfig) -> tuple[dict[str, Any] | None, dict[str, list[str]]]:
+    """The conditions of ``cfg.num_images`` images, and per prompt what its words named that the model does not know."""
     if model.conditioning == "none":
-        return None
+        return None, {}
     if cfg.balanced:
-        from hydra.utils import instantiate
+        from models.checkpoint import build_stored_datamodule
 
         if not model.run_config or "data" not in model.run_config:
             raise ValueError("balanced=true needs the run's data config in the checkpoint")
-        datamodule = instantiate(OmegaConf.create(model.run_config)["data"])
-        datamodule.prepare_data()
-        datamodule.setup()
-        return datamodule.sample_conditions(cfg.num_images, seed=cfg.seed)
-    if cfg.prompts:
-        lines = [l.strip() for l in Path(cfg.prompts).read_text().splitlines() if l.strip()]
-        if not lines:
-            raise ValueError(f"prompts file {cfg.prompts} has no prompts")
-    elif cfg.prompt:
-        lines = [str(cfg.prompt)]
-    else:
+        datamodule = build_stored_datamodule(model.run_config["data"], f"{cfg.ckpt}: dermsynth_config.data")
+        return datamodule.sample_conditions(cfg.num_images, seed=cfg.seed), {}
+    lines = read_prompts(cfg)
+    if lines is None:
         raise ValueError(f"{type(model).__name__} is conditional: give prompt=..., prompts=FILE or balanced=true")
-    return prompt_conditions(model, [lines[i % len(lines)] for i in range(cfg.num_images)])
+    from datamodules.captions import parse_caption
+
+    unknown = {p: problems for p in dict.fromkeys(lines) if (problems := unrecognised(p, parse_caption(p, model.data_info), model.data_info))}
+    for prompt, problems in unknown.items():
+        log.warning("prompt %r names %s; it is generated as written and recorded in generate.json", prompt, " and ".join(problems))
+    return prompt_conditions(model, [lines[i % len(lines)] for i in range(cfg.num_images)]), unknown
 
 
 def generate(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Load ``cfg.ckpt`` and write ``cfg.num_images`` images to ``cfg.out``."""
+    """Load ``cfg.ckpt`` and write ``cfg.num_images`` images and their tables to ``cfg.out``."""
     from models.checkpoint import load_generator
 
+    check_settings(cfg)
+    out = prepare_output(cfg.out, bool(cfg.overwrite))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model = load_generator(cfg.ckpt, use_ema=cfg.use_ema, map_location=device)
+    check_conditioning(model, cfg)
     apply_sampling_settings(model, cfg.guidance_scale, cfg.sampler.name, cfg.sampler.steps)
     reference = load_reference(cfg.reference, model.image_size) if cfg.reference else None
-    conditions = build_conditions(model, cfg)
-    rows = generate_images(model, cfg.out, conditions, cfg.num_images, cfg.seed, cfg.batch_size, reference, cfg.progress)
+    conditions, unknown = build_conditions(model, cfg)
+    files = planned_files(cfg.num_images, bool(cfg.grid))
+    record = {"checkpoint": str(Path(cfg.ckpt).absolute()), "settings": OmegaConf.to_container(cfg, resolve=True),
+              "unrecognised_prompts": unknown}
+    write_manifest(out, files, record, complete=False)  # first, so overwrite=true can clear a half-written set
+    rows = generate_images(model, out, conditions, cfg.num_images, cfg.seed, cfg.batch_size, reference, cfg.progress)
     if cfg.grid:
-        save_captioned_grid(rows, Path(cfg.out), int(cfg.grid_columns))
+        save_captioned_grid(rows, out, int(cfg.grid_columns))
+    write_manifest(out, files, record, complete=True)
     return rows
 
 
@@ -198,9 +254,10 @@ def save_captioned_grid(rows: list[dict[str, Any]], out: Path, columns: int = 8)
     return save_captioned_rows(captioned, out / "grid.png", columns)
 
 
-def main() -> None:
-    rows = generate(read_config(sys.argv[1:]))
-    print(f"wrote {len(rows)} images and metadata.csv to {Path(read_config(sys.argv[1:]).out).absolute()}", flush=True)
+@command("generate", verbatim=("prompt",))
+def main(cfg: DictConfig) -> None:
+    rows = generate(cfg)
+    print(f"wrote {len(rows)} images, metadata.csv and generate.json to {Path(cfg.out).absolute()}", flush=True)
 
 
 if __name__ == "__main__":

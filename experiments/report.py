@@ -24,9 +24,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from evaluation.schema import read_metrics_json  # noqa: E402
+from experiments.command import command  # noqa: E402
 
 DASH = "—"
 # (column title, how to read the figure from a run, digits)
@@ -234,10 +235,9 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
-def main() -> None:
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m experiments.report DIR")
-    print(build_report(sys.argv[1]))
+@command("report", positional="root")
+def main(cfg: DictConfig) -> None:
+    print(build_report(cfg.root))
 
 
 if __name__ == "__main__":

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from experiments import CONFIG_DIR
+from experiments.compose import compose_config as compose_command_config
 
 
 def compose_config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    """The run config (configs/config.yaml) with ``overrides``, as ``python -m experiments.run`` composes it."""
+    return compose_command_config("config", overrides)
 
 
 def experiment_names() -> list[str]:

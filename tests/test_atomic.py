@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from callbacks.checkpoint import AtomicCheckpointIO
-from datamodules.atomic import atomic_path, atomic_write, remove_stale_temp_files
+from datamodules.atomic import atomic_path, atomic_write, remove_stale_temp_files, umask_file_mode
 from evaluation.fid import RealFeatureCache
 from evaluation.schema import empty_metrics, write_metrics_json
 
@@ -38,6 +38,7 @@ def test_written_files_follow_the_umask(umask: int, tmp_path: Path) -> None:
     for path in (tmp_path / "checkpoints" / "last.ckpt", tmp_path / "metrics.json", tmp_path / "cache" / "real_features" / "key.safetensors"):
         assert _mode(path) == 0o666 & ~umask, path  # mkstemp's 0600 hid run folders from the group
     assert _mode(tmp_path / "judge") == 0o777 & ~umask
+    assert umask_file_mode() == 0o666 & ~umask
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True) == {"global_step": 3}
     assert [p.name for p in tmp_path.rglob(".*")] == []  # no temporaries left
 

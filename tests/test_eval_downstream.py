@@ -82,12 +82,14 @@ def test_identical_folders_give_zero_fd_and_perfect_pairs(session_cache: Path, t
 
 
 def test_evaluate_command_without_features_fails_clearly(tmp_path: Path, monkeypatch) -> None:
+    from experiments.compose import compose_config
     from experiments.evaluate import evaluate
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
     _write_folder(tmp_path / "real", torch.zeros(2, 3, 8, 8))
     _write_folder(tmp_path / "fake", torch.zeros(2, 3, 8, 8))
+    folders = [f"real={tmp_path / 'real'}", f"fake={tmp_path / 'fake'}"]
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="data=<source>"):
-        evaluate([f"real={tmp_path / 'real'}", f"fake={tmp_path / 'fake'}"])
+        evaluate(compose_config("evaluate", folders), folders)
     with pytest.raises(SystemExit, match="usage"):
-        evaluate(["nothing=1"])
+        evaluate(compose_config("evaluate", []), [])

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.errors import ConfigCompositionException
 from PIL import Image
 
+from datamodules.atomic import umask_file_mode
+from experiments.command import command_line
+from experiments.compose import checkpoint_config, compose_config, explain_overrides
 from experiments.export import export_model
-from experiments.generate import apply_sampling_settings, generate_images, prompt_conditions, read_config
+from experiments.generate import apply_sampling_settings, generate_images, prompt_conditions
 from models.hybrid import HybridDiffusion
 from tests.test_hybrid import build, make_batch
 
@@ -56,10 +61,12 @@ def test_generate_is_reproducible(model: HybridDiffusion, tmp_path: Path) -> Non
 
 
 def test_generate_config_rejects_unknown_keys() -> None:
-    cfg = read_config(["ckpt=x.ckpt", "out=dir", "prompt=a benign lesion", "sampler.steps=10"])
+    cfg = compose_config("generate", command_line(["ckpt=x.ckpt", "out=dir", "prompt=a benign lesion", "sampler.steps=10"], verbatim=("prompt",)))
     assert cfg.sampler.steps == 10 and cfg.prompt == "a benign lesion"
-    with pytest.raises(SystemExit, match="valid keys"):
-        read_config(["ckpt=x", "out=y", "num_imgs=3"])
+    with pytest.raises(ConfigCompositionException):
+        compose_config("generate", ["ckpt=x", "out=y", "num_imgs=3"])
+    message = explain_overrides("generate", ["ckpt=x", "out=y", "num_imgs=3"])
+    assert "valid keys" in message and "num_images" in message
 
 
 def test_export_loads_with_plain_diffusers(model: HybridDiffusion, tmp_path: Path) -> None:
@@ -83,6 +90,8 @@ def test_export_loads_with_plain_diffusers(model: HybridDiffusion, tmp_path: Pat
     encoder = AutoModel.from_pretrained(out / "text_encoder")
     assert encoder.config.hidden_size == 384 and tokenizer("a lesion")["input_ids"]
     assert (out / "fusion" / "fusion.safetensors").is_file() and (out / "README.md").read_text().startswith("# DermSynth")
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*.safetensors")}
+    assert modes == {umask_file_mode()}, modes  # safetensors' own writer makes 0600 files
 
 
 def test_evaluate_sampling_overrides_act_on_the_loaded_model(model: HybridDiffusion) -> None:
@@ -110,7 +119,5 @@ def test_captioned_grid_has_one_row_per_prompt(model: HybridDiffusion, tmp_path:
 
 
 def test_evaluate_applies_plain_and_dotted_overrides_to_the_stored_config() -> None:
-    from experiments.evaluate import compose_run_config
-
-    cfg = compose_run_config({"seed": 0, "eval": {"num_generated": 256}}, ["seed=1", "eval.num_generated=8"])
+    cfg = checkpoint_config({"seed": 0, "eval": {"num_generated": 256}}, ["seed=1", "eval.num_generated=8"], "evaluate")
     assert cfg.seed == 1 and cfg.eval.num_generated == 8  # seed=1 used to be dropped silently

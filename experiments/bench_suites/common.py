@@ -7,19 +7,17 @@ import statistics
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from experiments import CONFIG_DIR
+from experiments.compose import compose_config
 
 log = logging.getLogger("experiments.bench")
 
 
 def compose_run_config(exp: str, budget: str, overrides: list[str]) -> DictConfig:
     """The config ``python -m experiments.run exp=<exp> budget=<budget> logger=none <overrides>`` would run."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"exp={exp}", f"budget={budget}", "logger=none", *overrides])
+    return compose_config("config", [f"exp={exp}", f"budget={budget}", "logger=none", *overrides])
 
 
 def build_datamodule(data_cfg: Any) -> Any:

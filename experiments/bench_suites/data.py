@@ -1,7 +1,7 @@
 """``data`` suite: can the loader feed training? All on the phantom, so it runs anywhere.
 
     python -m experiments.bench data
-    python -m experiments.bench data step_images_per_s=150
+    python -m experiments.bench data data.step_images_per_s=150
 
 Keys:
 - ``data.images_per_s`` {"32": .., "64": ..}: training-loader throughput from the uint8 cache with
@@ -32,13 +32,6 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules import SkinDataModule
 from datamodules.transforms import Augment, load_square
 
-OPTIONS = {
-    "loader_workers": "2",      # loader processes
-    "batches": "60",            # batches timed per loader (decoding: at most 24)
-    "cache_dir": "",            # phantom cache (empty: a temporary folder)
-    "step_images_per_s": "",    # the training step's demand (empty: measured here)
-    "num_train": "1024",        # phantom training images rendered per size
-}
 
 SIZES = (32, 64)
 

@@ -1,7 +1,7 @@
 """``eval`` suite: does the evaluation cache remove the real-set cost on the second run?
 
     python -m experiments.bench eval                      # 1000 images, quick-budget evaluation
-    python -m experiments.bench eval num_images=200 judge_epochs=3
+    python -m experiments.bench eval eval.num_images=200 eval.judge_epochs=3
 
 The evaluation's fixed costs are real-set work: training the domain judge and extracting the
 features of the real test, validation and training subsets. Both are cached under
@@ -41,16 +41,6 @@ from evaluation.protocol import evaluate_generator
 from experiments.bench_suites.common import build_datamodule, compose_run_config, hydra_overrides, log, ratio, size_overrides
 from models.generative import Conditions, GenerativeModule
 
-OPTIONS = {
-    "budget": "quick",      # the evaluation settings measured (judge, num_real, memorization)
-    "image_size": "",
-    "num_train": "",
-    "num_images": "1000",   # "generated" images evaluated
-    "num_real": "",         # real test images (empty: the budget's)
-    "judge_epochs": "",     # empty: the budget's
-    "noise_std": "0.1",     # noise on the replayed training images
-    "overrides": "",        # Hydra overrides (eval.*, data.*)
-}
 
 
 class ReplayGenerator(GenerativeModule):

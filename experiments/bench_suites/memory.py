@@ -1,7 +1,7 @@
 """``memory`` suite: peak resident memory of a quick-budget ``exp=hybrid`` run.
 
     python -m experiments.bench memory                    # 40 steps, 64 evaluation samples
-    python -m experiments.bench memory budget=smoke steps=2 num_generated=4
+    python -m experiments.bench memory memory.budget=smoke memory.steps=2 memory.num_generated=4
 
 Runs ``python -m experiments.run exp=hybrid budget=quick logger=none`` in a child process,
 shortened: the same model, data and batch as the quick budget, but ``trainer.max_steps=steps``
@@ -32,14 +32,6 @@ from typing import Any
 
 from experiments.bench_suites.common import hydra_overrides, log
 
-OPTIONS = {
-    "exp": "hybrid",
-    "budget": "quick",
-    "steps": "40",           # trainer.max_steps of the shortened run
-    "num_generated": "64",   # eval.num_generated of the shortened run
-    "timeout": "3600",       # seconds before the child is stopped
-    "overrides": "",         # extra Hydra overrides for the run
-}
 
 
 def run_child(command: list[str], log_path: Path, timeout: float) -> tuple[int, int, float]:

@@ -1,7 +1,7 @@
 """``sample`` suite: seconds and network evaluations per image for each sampler, and what speed costs in FD.
 
     python -m experiments.bench sample                                   # untrained ddpm: timings, NFE
-    python -m experiments.bench sample ckpt=runs/ddpm/<run>/checkpoints/last.ckpt    # + the FD ratio
+    python -m experiments.bench sample sample.ckpt=runs/ddpm/<run>/checkpoints/last.ckpt    # + the FD ratio
 
 Samplers (``models.diffusion``): DDPM-``ddpm_steps`` (1000), DDIM-``ddim_steps`` (50) and
 DPM-Solver++ at each of ``dpm_steps`` (20, 10), all run on the same model in this process.
@@ -36,32 +36,18 @@ from evaluation.protocol import generate_shard, real_features, shared_judge
 from experiments.bench_suites.common import (
     build_datamodule, compose_run_config, device, hydra_overrides, log, ratio, size_overrides,
 )
-from models.checkpoint import build_generator, load_generator, read_checkpoint
+from experiments.compose import checkpoint_config
+from models.checkpoint import build_generator, build_stored_datamodule, load_generator, read_checkpoint, stored_config
 from models.diffusion import sampler_name
 
-OPTIONS = {
-    "ckpt": "",             # a trained checkpoint (EMA weights); empty: an untrained model, no FD
-    "exp": "ddpm",          # the model built when no ckpt is given
-    "budget": "quick",
-    "image_size": "",       # without ckpt (empty: the budget's)
-    "num_train": "",
-    "num_images": "16",     # images timed per sampler
-    "fd_images": "100",     # samples per FD (with ckpt)
-    "ddpm_steps": "1000",
-    "ddim_steps": "50",
-    "dpm_steps": "20,10",   # the first is compared with DDPM in FD
-    "seed": "0",
-    "overrides": "",        # Hydra overrides (data, eval) applied to the run config
-}
 
 
 def load_model(options: dict[str, str]) -> tuple[Any, Any, DictConfig, bool]:
     """The model, its data module, its run config (data and eval groups) and whether it is trained."""
     if options["ckpt"]:
-        from experiments.evaluate import compose_run_config as checkpoint_config
-
-        cfg = checkpoint_config(read_checkpoint(options["ckpt"]).get("dermsynth_config"), hydra_overrides(options))
-        return load_generator(options["ckpt"], map_location=device()), build_datamodule(cfg.data), cfg, True
+        where = options["ckpt"]
+        cfg = checkpoint_config(stored_config(read_checkpoint(where), where), hydra_overrides(options), "evaluate")
+        return load_generator(where, map_location=device()), build_stored_datamodule(cfg.data, f"{where}: dermsynth_config.data"), cfg, True
     cfg = compose_run_config(options["exp"], options["budget"], [*size_overrides(options), *hydra_overrides(options)])
     datamodule = build_datamodule(cfg.data)
     torch.manual_seed(int(options["seed"]))

@@ -1,7 +1,7 @@
 """``train`` suite: what a training step costs, and which part of it is ours.
 
     python -m experiments.bench train                        # quick budget: 32 px, batch 32
-    python -m experiments.bench train steps=20 rounds=4 compile=true
+    python -m experiments.bench train train.steps=20 train.rounds=4 train.compile=true
 
 Every figure is a ratio of median step times taken in this one process. The measurements are
 interleaved in ``rounds`` (each round: the bare loop, then ddpm and hybrid under Lightning), so a
@@ -57,20 +57,6 @@ from models.checkpoint import build_generator
 from models.performance import apply_performance
 from models.unets import patchify, unpatchify
 
-OPTIONS = {
-    "budget": "quick",      # the run settings measured (batch, image size, UNet width)
-    "image_size": "",       # empty: the budget's
-    "batch_size": "",
-    "num_train": "",        # phantom training images (empty: the data config's)
-    "steps": "10",          # timed steps per model, spread over the rounds
-    "warmup": "2",          # untimed steps at the start of every loop and fit
-    "rounds": "2",
-    "fit_images": "64",     # the hybrid's fusion.max_fit_images (its PCA fit is not timed)
-    "knobs": "true",        # measure the speed knobs on the bare loop
-    "knob_steps": "3",      # timed steps per knob (bf16 is ~10x slower than fp32 on this CPU)
-    "compile": "false",     # also measure nn.Module.compile() (minutes on CPU)
-    "overrides": "",        # extra Hydra overrides for both configs
-}
 
 
 def bare_loop_times(
