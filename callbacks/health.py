@@ -8,11 +8,12 @@ a checkpoint. It works the same under manual optimisation (the GAN's two optimis
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 MODES = ("stop", "skip")
 
@@ -34,9 +35,10 @@ class FiniteLoss(Callback):
 
     Args:
         mode: ``stop`` (default) raises :class:`NonFiniteLossError` before the bad update; the
-            last checkpoint on disk is the last good one and ``resume=auto`` continues from it
-            (lower the learning rate first). ``skip`` clears the gradients so the optimiser
-            step leaves the weights untouched, logs ``train/skipped_steps`` and goes on.
+            last checkpoint on disk, if one was written yet, is the last good one; lower the
+            learning rate and ``resume=force`` continues from it. ``skip`` clears the gradients
+            so the optimiser step leaves the weights untouched, logs ``train/skipped_steps`` and
+            goes on.
         max_consecutive_skips: in ``skip`` mode, this many bad batches in a row still stop the
             run: a model that diverged does not recover by skipping.
     """
@@ -50,9 +52,15 @@ class FiniteLoss(Callback):
         self.consecutive = 0
 
     def _fail(self, trainer: L.Trainer, what: str) -> None:
+        saved = [c.last_model_path or c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        saved = [path for path in saved if path and Path(path).is_file()]
+        if saved:
+            where = f"{saved[0]} holds the last good state; lower the learning rate and resume=force continues from it"
+        else:
+            where = "no checkpoint has been written yet, so nothing of this run is kept: lower the learning rate and start again"
         raise NonFiniteLossError(
             f"training {what} is not finite at step {trainer.global_step} (epoch {trainer.current_epoch}); "
-            "the weights were not updated and checkpoints/last.ckpt holds the last good state"
+            f"the weights were not updated. {where}"
         )
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +52,11 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
-    """Instantiate ``cfg.logger`` entries; a CSV logger is added when none is configured."""
+def build_loggers(cfg: DictConfig, output_dir: Path, resume_step: int = 0) -> list[Logger]:
+    """Instantiate ``cfg.logger`` entries; a CSV logger is added when none is configured.
+
+    ``resume_step``: the step a resumed run continues from; its CSV rows before that step are kept.
+    """
     loggers: list[Logger] = []
     for name, logger_cfg in (cfg.logger or {}).items():
         if "WandbLogger" in str(logger_cfg.get("_target_", "")):
@@ -60,7 +65,31 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
             loggers.append(instantiate(logger_cfg))
     if not any(isinstance(logger, CSVLogger) for logger in loggers):
         loggers.append(CSVLogger(save_dir=str(output_dir), name="logs", version=""))
+    for logger in loggers:
+        if isinstance(logger, CSVLogger) and resume_step > 0:
+            keep_csv_rows(logger, resume_step)
     return loggers
+
+
+def keep_csv_rows(logger: CSVLogger, before_step: int) -> int:
+    """Carry the rows of a CSV log below ``before_step`` into a resumed run; returns how many.
+
+    Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts, which would leave a
+    resumed run's log with only its last leg. Rows from ``before_step`` on are dropped: the resumed
+    run logs those steps again.
+    """
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return 0
+    with path.open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("step") and int(row["step"]) < before_step]
+    with warnings.catch_warnings():  # "previous log files will be deleted": they are logged again below
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        logger.experiment  # noqa: B018 - the writer starts (and deletes the old file) here, after it was read
+    for row in rows:
+        logger.log_metrics({k: float(v) for k, v in row.items() if k != "step" and v not in ("", None)}, step=int(row["step"]))
+    logger.save()
+    return len(rows)
 
 
 def _build_wandb(cfg: DictConfig, logger_cfg: DictConfig, output_dir: Path) -> WandbLogger:

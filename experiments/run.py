@@ -16,7 +16,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -28,10 +27,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from callbacks.checkpoint import AtomicCheckpointIO
 from callbacks.ema import find_ema
+from callbacks.flush_logs import FlushLogs
 from callbacks.health import FiniteLoss
 from callbacks.rng import RNGState
-from experiments import CONFIG_DIR
+from datamodules.atomic import remove_stale_temp_files
+from experiments.checks import check_run_config
+from experiments.command import command
 from experiments.loggers import build_loggers, flat_config
+from experiments.resume import resume_checkpoint
 from models.checkpoint import build_generator
 from models.performance import apply_performance
 
@@ -83,6 +86,7 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
     callbacks: list[Callback] = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     callbacks.append(FiniteLoss(mode=cfg.on_nonfinite_loss))
+    callbacks.append(FlushLogs())  # the CSV log on disk covers every checkpoint
     callbacks.append(RNGState(seed=int(cfg.seed)))  # a resumed run draws the noise a straight run would
     if cfg.trainer.get("max_time") is None:
         callbacks.append(Timer(duration=None, interval="step", verbose=False))  # records train_time_s
@@ -96,7 +100,9 @@ def train_seconds(trainer: L.Trainer) -> float:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit ``cfg.model`` on ``cfg.data``, evaluate it, write the run folder; return the metrics."""
+    check_run_config(cfg)
     output_dir = resolve_output_dir(cfg)
+    ckpt_path, resume_step = resume_checkpoint(cfg, output_dir)  # refuses a changed config before anything is written
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision(cfg.matmul_precision)
@@ -108,7 +114,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = apply_performance(model, channels_last=bool(cfg.performance.channels_last), compile=bool(cfg.performance.compile))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
 
-    loggers = build_loggers(cfg, output_dir)
+    loggers = build_loggers(cfg, output_dir, resume_step)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=build_callbacks(cfg),
@@ -118,12 +124,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temp_files(output_dir) + remove_stale_temp_files(output_dir / "checkpoints"):
+            log.info("Removed %s, left by an interrupted write", stale)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         for logger in trainer.loggers:
             logger.log_hyperparams(flat_config(cfg))
 
     last = output_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if cfg.resume == "auto" and last.exists() else None
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -202,7 +209,7 @@ def _round(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else str(value)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+@command("config")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 
