@@ -11,23 +11,23 @@ its classes from ``class_names`` or, when that is not given, from the codes foun
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from datamodules.cache import U8Images
 from datamodules.info import DataInfo
 from datamodules.phrasing import AGE_NAMES, age_bin, split_frames
-from datamodules.sources.base import SPLITS, SourceRequest, SourceTable, SplitTable, check_nonempty, stratified_group_split, subsample
-from datamodules.sources.decode import decode_split, index_images
+from datamodules.sources.base import SourceRequest, SourceTable, SplitTable, stratified_group_split
+from datamodules.sources.decode import index_images
 from datamodules.sources.metadata_captions import FRAMES, metadata_caption
+from datamodules.sources.table import check_filled, check_unique, choose_rows, decode_splits, present_rows, read_table, rows_where
 
 HAM_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 REQUIRED = ("image_id", "lesion_id", "dx")
 OPTIONAL = ("dx_type", "age", "sex", "localization")
 CSV_NAMES = ("HAM10000_metadata.csv", "HAM10000_metadata", "metadata.csv")
-log = logging.getLogger(__name__)
 UNKNOWN = {"", "unknown", "nan", "none", "unk"}
 
 
@@ -44,21 +44,14 @@ def find_csv(source: str, root: Path, csv: Path | None) -> Path:
 
 
 def read_metadata(source: str, path: Path) -> pd.DataFrame:
-    table = pd.read_csv(path, dtype={"image_id": str, "lesion_id": str, "dx": str})
-    missing = [c for c in REQUIRED if c not in table.columns]
-    if missing:
-        raise ValueError(f"{source}: metadata CSV {path} lacks column(s) {missing}; expected {list(REQUIRED)} "
-                         f"(and optionally {list(OPTIONAL)}), found {list(table.columns)}")
-    for column in REQUIRED:
-        empty = table[column].isna()
-        if empty.any():
-            row = int(np.flatnonzero(empty.to_numpy())[0])
-            raise ValueError(f"{source}: {path} row {row + 2} has no {column!r}")
+    table = read_table(source, path, REQUIRED, OPTIONAL)
+    check_filled(source, path, table, REQUIRED)
+    check_unique(source, path, table, list(table["image_id"]), "image_id")
     return table
 
 
 def known(values: pd.Series) -> list[str]:
-    return sorted({str(v).strip() for v in values.dropna() if str(v).strip().lower() not in UNKNOWN})
+    return sorted({str(v).strip() for v in values if str(v).strip().lower() not in UNKNOWN})
 
 
 def encode(values: pd.Series | None, vocabulary: tuple[str, ...], rows: int) -> np.ndarray:
@@ -74,20 +67,17 @@ def load(request: SourceRequest, source: str = "ham10000") -> SourceTable:
     table = read_metadata(source, path)
     dx = table["dx"].str.strip()
     class_names = tuple(request.class_names) if request.class_names else (HAM_CLASSES if source == "ham10000" else tuple(known(dx)))
-    unknown = ~dx.isin(class_names)
-    if unknown.any():
-        row = int(np.flatnonzero(unknown.to_numpy())[0])
-        raise ValueError(f"{source}: {path} row {row + 2} (image_id {table['image_id'].iloc[row]}) has unknown dx "
-                         f"{dx.iloc[row]!r}; known classes: {list(class_names)} (set data.class_names to change them)")
+    unknown = rows_where(table, ~dx.isin(class_names))
+    if unknown:
+        row = unknown[0]
+        raise ValueError(f"{source}: {path} row {row} (image_id {table['image_id'].loc[row]}) has unknown dx "
+                         f"{dx.loc[row]!r}; known classes: {list(class_names)} (set data.class_names to change them)")
     labels = dx.map({c: i for i, c in enumerate(class_names)}).to_numpy(np.int64)
 
     files = index_images(root)
-    missing = [i for i in table["image_id"].to_numpy(str) if i not in files]
-    if missing and request.on_bad_image != "skip":
-        raise FileNotFoundError(f"{source}: {len(missing)} image(s) named in {path} are not under {root}, e.g. "
-                                f"{missing[:5]} (set data.on_bad_image=skip to drop them)")
-    if missing:
-        log.warning("%s: skipping %d image(s) named in %s but not found under %s: %s", source, len(missing), path, root, missing[:20])
+    image_ids, lesion_ids = table["image_id"].to_numpy(str), table["lesion_id"].to_numpy(str)
+    present = present_rows(source, path, table, np.array([i in files for i in image_ids], bool), list(image_ids),
+                           request.on_bad_image, f"under {root}")
     vocab = {
         "localization": tuple(known(table["localization"])) if "localization" in table else (),
         "sex": ("female", "male"),
@@ -101,23 +91,14 @@ def load(request: SourceRequest, source: str = "ham10000") -> SourceTable:
     info = DataInfo(source=source, image_size=request.image_size, class_names=class_names,
                     attribute_classes=attribute_classes, skin_tones=False)
 
-    split_of_row = stratified_group_split(labels, table["lesion_id"].to_numpy(str), (request.val_fraction, request.test_fraction), request.split_seed)
-    image_ids, lesion_ids = table["image_id"].to_numpy(str), table["lesion_id"].to_numpy(str)
-    present = np.array([i in files for i in image_ids], bool)
-    chosen = {split: subsample(np.flatnonzero((split_of_row == code) & present), request.cap(split), request.split_seed + code)
-              for code, split in enumerate(SPLITS)}
-    empty = [split for split, rows in chosen.items() if len(rows) == 0]
-    if empty:
-        raise ValueError(f"{source}: split(s) {empty} are empty ({len(table)} rows in {path}, {int(present.sum())} images found); "
-                         "give more images or change data.val_fraction / data.test_fraction / data.num_*")
+    split_of_row = stratified_group_split(labels, lesion_ids, (request.val_fraction, request.test_fraction), request.split_seed)
+    chosen = choose_rows(source, path, request, split_of_row, present)
     training_frames, _ = split_frames(len(FRAMES), request.holdout_paraphrases)
-    splits: dict[str, SplitTable] = {}
-    for split, rows in chosen.items():
-        images, keep = decode_split(request, source, split, [files[image_ids[r]] for r in rows])
-        rows = rows[np.asarray(keep, np.int64)]
+
+    def make(images: U8Images, rows: np.ndarray) -> SplitTable:
         attrs = {name: values[rows] for name, values in attributes.items() if name in attribute_classes}
         inputs = [{"seed": request.split_seed * 1_000_003 + int(r), "age": float(ages[r])} for r in rows]
-        splits[split] = SplitTable(
+        return SplitTable(
             images=images, labels=labels[rows], attributes=attrs, skin_tone=np.zeros(len(rows), np.int64),
             captions=[metadata_caption(info, int(labels[r]), {k: int(v[i]) for k, v in attrs.items()}, 0, frames=training_frames,
                                        **inputs[i]) for i, r in enumerate(rows)],
@@ -125,8 +106,8 @@ def load(request: SourceRequest, source: str = "ham10000") -> SourceTable:
             lesion_ids=[str(lesion_ids[r]) for r in rows],
             caption_inputs=inputs,
         )
-    check_nonempty(source, splits)  # every image of a split may have been skipped as unreadable
-    return SourceTable(info=info, splits=splits)
+
+    return SourceTable(info=info, splits=decode_splits(request, source, chosen, lambda r: files[image_ids[r]], make))
 
 
 def load_isic(request: SourceRequest) -> SourceTable:
