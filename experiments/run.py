@@ -27,7 +27,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from callbacks.checkpoint import AtomicCheckpointIO
 from callbacks.ema import find_ema
-from callbacks.flush_logs import FlushLogs
 from callbacks.health import FiniteLoss
 from callbacks.rng import RNGState
 from datamodules.atomic import remove_stale_temp_files
@@ -86,7 +85,6 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
     callbacks: list[Callback] = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     callbacks.append(FiniteLoss(mode=cfg.on_nonfinite_loss))
-    callbacks.append(FlushLogs())  # the CSV log on disk covers every checkpoint
     callbacks.append(RNGState(seed=int(cfg.seed)))  # a resumed run draws the noise a straight run would
     if cfg.trainer.get("max_time") is None:
         callbacks.append(Timer(duration=None, interval="step", verbose=False))  # records train_time_s

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from experiments import CONFIG_DIR
 from experiments.compose import compose_config as compose_command_config
@@ -23,3 +24,16 @@ def experiment_names() -> list[str]:
 
 def smoke_overrides(output_dir: Path, exp: str, *extra: str) -> list[str]:
     return [f"exp={exp}", "budget=smoke", "logger=csv", f"paths.output_dir={output_dir}", "trainer.accelerator=cpu", *extra]
+
+
+def untrained_checkpoint(path: Path, exp: str, *overrides: str) -> Path:
+    """A checkpoint ``load_generator`` accepts, with untrained weights (8 px smoke config): enough for the commands."""
+    from experiments.bench_suites.common import build_datamodule
+    from models.checkpoint import build_generator
+
+    cfg = compose_config(f"exp={exp}", "budget=smoke", "logger=none", "data.image_size=8", *overrides)
+    datamodule = build_datamodule(cfg.data)
+    model = build_generator(cfg.model, datamodule.info)
+    torch.save({"dermsynth_config": OmegaConf.to_container(cfg, resolve=True), "data_info": datamodule.info.to_dict(),
+                "state_dict": model.state_dict(), "global_step": 0}, path)
+    return path

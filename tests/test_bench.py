@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from experiments import bench
 from experiments.bench_suites.common import build_datamodule, compose_run_config
@@ -21,22 +20,13 @@ from experiments.bench_suites.memory import run_child
 from models.checkpoint import build_generator
 from models.performance import apply_performance, compile_targets
 from models.unets import build_unet
+from tests.helpers import untrained_checkpoint
 
 TINY = {"budget": "smoke", "image_size": "8"}
 
 
 def positive(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-
-
-def untrained_checkpoint(path: Path, exp: str) -> Path:
-    """A checkpoint ``load_generator`` accepts, with untrained weights: enough to exercise the FD path."""
-    cfg = compose_run_config(exp, "smoke", ["data.image_size=8"])
-    datamodule = build_datamodule(cfg.data)
-    model = build_generator(cfg.model, datamodule.info)
-    torch.save({"dermsynth_config": OmegaConf.to_container(cfg, resolve=True), "data_info": datamodule.info.to_dict(),
-                "state_dict": model.state_dict()}, path)
-    return path
 
 
 def test_channels_last_keeps_outputs_and_state_dict_keys() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -86,6 +87,13 @@ def test_killed_run_resumes_to_the_straight_result(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert _checkpoint_step(last) == 20
     assert _max_abs_difference(_weights(straight / "checkpoints" / "last.ckpt"), _weights(last)) <= 1e-5
+    assert _logged_steps(killed) == _logged_steps(straight) == list(range(20))  # the first leg's rows survive the resume
+    assert not list((killed / "checkpoints").glob(".*.tmp"))  # what the kill left mid-save is cleared
+
+
+def _logged_steps(output_dir: Path) -> list[int]:
+    with (output_dir / "logs" / "metrics.csv").open(newline="") as handle:
+        return sorted(int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss"))
 
 
 def test_multirun_sweep_feeds_the_report(tmp_path: Path) -> None:
