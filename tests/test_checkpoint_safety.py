@@ -14,7 +14,8 @@ from tests.helpers import untrained_checkpoint
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    path = untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "ddpm.ckpt", "ddpm")
+    """An untrained label-conditional checkpoint: every command accepts it as it is."""
+    path = untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "ddpm_class.ckpt", "ddpm_class", "model.sampler.steps=2")
     return torch.load(path, weights_only=True)
 
 
@@ -28,34 +29,47 @@ def _payloads(folder: Path, model: dict) -> dict[str, dict]:
         "nested_open": {"model": {**model, "unet": {**model["unet"], "norm": opener}}},
         "nested_copy": {"model": {**model, "optimizer": {**copier, "_partial_": False}}},
         "listed_copy": {"model": {**model, "extra": [1, {"inner": copier}]}},
-        "data_copy": {"model": model, "data": copier},
+        "data_copy": {"data": copier},
+        "data_nested_open": {"data": {**copier, "_target_": "datamodules.SkinDataModule", "source": opener}},
     }
 
 
 def _commands(checkpoint: Path, out: Path) -> dict:
+    from experiments.augment import augment
     from experiments.evaluate import evaluate
     from experiments.export import export
     from experiments.generate import generate
 
+    ckpt, target = f"ckpt={checkpoint}", f"out={out}"
     return {
-        "generate": lambda: generate(compose_config("generate", [f"ckpt={checkpoint}", f"out={out}", "num_images=1"])),
-        "export": lambda: export(compose_config("export", [f"ckpt={checkpoint}", f"out={out}"])),
-        "evaluate": lambda: evaluate(compose_config("evaluate", [f"ckpt={checkpoint}", f"out={out}"]), [f"ckpt={checkpoint}", f"out={out}"]),
+        "generate": lambda: generate(compose_config("generate", [ckpt, target, "num_images=1", "prompt=a benign lesion"])),
+        "generate_balanced": lambda: generate(compose_config("generate", [ckpt, target, "num_images=1", "balanced=true"])),
+        "export": lambda: export(compose_config("export", [ckpt, target])),
+        "evaluate": lambda: evaluate(compose_config("evaluate", [ckpt, target]), [ckpt, target]),
+        "augment": lambda: augment(compose_config("augment", [f"gen_{ckpt}", target]), [f"gen_{ckpt}", target]),
     }
 
 
-@pytest.mark.parametrize("payload", ["top_open", "top_copy", "nested_open", "nested_copy", "listed_copy", "data_copy"])
-@pytest.mark.parametrize("command", ["generate", "export", "evaluate"])
-def test_planted_targets_run_nothing(good: dict, payload: str, command: str, tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("private")
-    config = {**good["dermsynth_config"], **_payloads(tmp_path, good["dermsynth_config"]["model"])[payload]}
-    checkpoint = tmp_path / "shared.ckpt"
+def _plant_and_run(good: dict, payload: str, command: str, folder: Path) -> None:
+    (folder / "secret").write_text("private")
+    config = {**good["dermsynth_config"], **_payloads(folder, good["dermsynth_config"]["model"])[payload]}
+    checkpoint = folder / "shared.ckpt"
     torch.save({**good, "dermsynth_config": config}, checkpoint)  # loads with weights_only=True: plain data
-    if payload == "data_copy" and command != "evaluate":
-        pytest.skip("generate (without balanced=true) and export never build the data module")
     with pytest.raises(UntrustedConfigError, match="may only name this project's"):
-        _commands(checkpoint, tmp_path / "out")[command]()
-    assert not (tmp_path / "created").exists() and not (tmp_path / "copied").exists()
+        _commands(checkpoint, folder / "out")[command]()
+    assert not (folder / "created").exists() and not (folder / "copied").exists()
+
+
+@pytest.mark.parametrize("payload", ["top_open", "top_copy", "nested_open", "nested_copy", "listed_copy"])
+@pytest.mark.parametrize("command", ["generate", "export", "evaluate"])
+def test_planted_model_targets_run_nothing(good: dict, payload: str, command: str, tmp_path: Path) -> None:
+    _plant_and_run(good, payload, command, tmp_path)
+
+
+@pytest.mark.parametrize("payload", ["data_copy", "data_nested_open"])
+@pytest.mark.parametrize("command", ["generate_balanced", "evaluate", "augment"])
+def test_planted_data_targets_run_nothing(good: dict, payload: str, command: str, tmp_path: Path) -> None:
+    _plant_and_run(good, payload, command, tmp_path)
 
 
 def test_the_project_and_torch_optimisers_pass(good: dict, tmp_path: Path) -> None:
