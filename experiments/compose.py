@@ -155,7 +155,7 @@ def checkpoint_config(stored: dict[str, Any], overrides: Sequence[str], config_n
         elif key not in CHECKPOINT_GROUPS:
             raise ValueError(f"'{override.input_line}': the checkpoint fixed '{key}' when it was trained; "
                              f"of the groups only {', '.join(CHECKPOINT_GROUPS)} can change here")
-        elif not (key == "data" and groups["data"] == stored.get("data", {}).get("source")):
+        elif not (key == "data" and groups["data"] == stored_source(stored)):
             cfg[key] = composed[key]  # another data set or eval protocol: the whole node, as composed
     for key in keyed:
         message = unknown_key_message(cfg, key, " in the checkpoint's run config")
@@ -165,9 +165,15 @@ def checkpoint_config(stored: dict[str, Any], overrides: Sequence[str], config_n
     return cfg
 
 
+def stored_source(stored: dict[str, Any]) -> Any:
+    """The stored run's ``data.source`` (None when its data node is not a mapping)."""
+    data = stored.get("data")
+    return data.get("source") if isinstance(data, dict) else None
+
+
 def stored_data_choice(stored: dict[str, Any], parsed: Sequence[Override]) -> list[str]:
     """``["data=<source>"]`` for the stored run's data set when the command line names none."""
-    source = (stored.get("data") or {}).get("source")
+    source = stored_source(stored)
     if any(o.key_or_group == "data" for o in parsed) or source not in group_options("data"):
         return []
     return [f"data={source}"]

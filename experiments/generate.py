@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from datamodules.info import DataInfo
 from experiments.command import command
-from experiments.generated_set import planned_files, prepare_output, write_manifest
+from experiments.generated_set import clear_previous_set, planned_files, previous_set, write_manifest
 from models.generative import GenerativeModule
 
 log = logging.getLogger(__name__)
@@ -219,13 +219,14 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     from models.checkpoint import load_generator
 
     check_settings(cfg)
-    out = prepare_output(cfg.out, bool(cfg.overwrite))
+    previous = previous_set(cfg.out, bool(cfg.overwrite))  # refuses a folder it may not write to, deletes nothing yet
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model = load_generator(cfg.ckpt, use_ema=cfg.use_ema, map_location=device)
     check_conditioning(model, cfg)
     apply_sampling_settings(model, cfg.guidance_scale, cfg.sampler.name, cfg.sampler.steps)
     reference = load_reference(cfg.reference, model.image_size) if cfg.reference else None
     conditions, unknown = build_conditions(model, cfg)
+    out = clear_previous_set(cfg.out, previous)
     files = planned_files(cfg.num_images, bool(cfg.grid))
     record = {"checkpoint": str(Path(cfg.ckpt).absolute()), "settings": OmegaConf.to_container(cfg, resolve=True),
               "unrecognised_prompts": unknown}

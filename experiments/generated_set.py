@@ -34,14 +34,18 @@ def _listed_files(manifest: Path) -> list[str]:
     return files
 
 
-def prepare_output(out: str | Path, overwrite: bool) -> Path:
-    """Make ``out`` ready for a new set: new or empty, or (``overwrite``) an earlier set's files removed."""
+def previous_set(out: str | Path, overwrite: bool) -> list[str]:
+    """The files of an earlier set in ``out`` that ``clear_previous_set`` may delete; raises when ``out`` cannot take a new set.
+
+    Nothing is deleted here, so a command can check its folder first and clear it only once the
+    model has loaded and its settings were accepted.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out={out} is a file, not a folder")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not entries:
-        return out
+        return []
     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
     manifest = out / MANIFEST
     if not overwrite:
@@ -55,9 +59,14 @@ def prepare_output(out: str | Path, overwrite: bool) -> Path:
     if foreign:
         raise ValueError(f"out={out} holds files besides an earlier generate's outputs ({', '.join(foreign[:5])}); they would mix "
                          "with the new set. Move them or choose another folder; nothing was deleted")
-    for name in listed:
+    return [*sorted(listed), MANIFEST]
+
+
+def clear_previous_set(out: str | Path, files: list[str]) -> Path:
+    """Delete ``files`` (from ``previous_set``) from ``out``; returns ``out``."""
+    out = Path(out)
+    for name in files:
         (out / name).unlink(missing_ok=True)
-    manifest.unlink()
     return out
 
 

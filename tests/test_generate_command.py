@@ -57,6 +57,9 @@ def test_overwrite_replaces_only_an_earlier_generate_set(checkpoints: dict[str, 
     assert manifest["complete"] and {"00004.png", "metadata.csv", "captions.csv", "grid.png"} <= set(manifest["files"])
     with pytest.raises(ValueError, match="not empty.*overwrite=true"):
         _generate(f"ckpt={checkpoints['ddpm']}", f"out={out}", "num_images=2")
+    with pytest.raises(FileNotFoundError):
+        _generate(f"ckpt={out / 'missing.ckpt'}", f"out={out}", "num_images=2", "overwrite=true")
+    assert len(list(out.glob("0*.png"))) == 5 and (out / "grid.png").is_file()  # the old set is cleared only once the new one can be made
     _generate(f"ckpt={checkpoints['ddpm']}", f"out={out}", "num_images=2", "overwrite=true")
     assert sorted(p.name for p in out.glob("*.png")) == ["00000.png", "00001.png"]  # no stale images for evaluate fake=DIR
     assert len(_rows(out / "captions.csv")) == 2
