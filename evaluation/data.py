@@ -6,6 +6,7 @@ once per split from the data module's datasets, which yield the batch-dict contr
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from pathlib import Path
@@ -50,6 +51,15 @@ def collect(dataset: Any, num: int | None = None, seed: int = 0, batch_size: int
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=0)
     parts = list(tqdm(loader, desc="real images", disable=not progress, leave=False))
     return concat_batches(parts)
+
+
+def unaugmented(dataset: Any) -> Any:
+    """The same split without training-time augmentation or extras, so an item is always its stored image."""
+    plain = copy.copy(dataset)
+    for name, value in (("augment", None), ("with_reference", False), ("with_index", False)):
+        if hasattr(plain, name):
+            setattr(plain, name, value)
+    return plain
 
 
 def concat_batches(parts: list[dict[str, Any]]) -> dict[str, Any]:

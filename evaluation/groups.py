@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from evaluation.fid import frechet_distance, kernel_inception_distance
+from evaluation.fid import frechet_distance, kernel_inception_distance, kid_subset_size
 
 GROUPS: dict[str, tuple[int, ...]] = {"I-II": (1, 2), "III-IV": (3, 4), "V-VI": (5, 6)}
 
@@ -30,24 +30,25 @@ def per_skin_tone(
     tone_source: str,
     cond_accuracy_of: Any = None,
     min_group_size: int = 10,
-    kid_subset_size: int = 1000,
+    kid_size: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """FD, KID and conditioning accuracy per group, and the worst group by FD and by accuracy.
 
     ``cond_accuracy_of(rows) -> float | None`` gives the conditioning accuracy over generated rows
-    (None for unconditional models). Groups with fewer than ``min_group_size`` images on either side
+    (None for unconditional models); ``kid_size`` is the configured KID subset size (capped by
+    ``kid_subset_size``). Groups with fewer than ``min_group_size`` images on either side
     get null figures (an FD from a handful of samples would be noise).
     """
     groups: dict[str, dict[str, Any]] = {}
     for group in GROUPS:
         real_rows, fake_rows = group_mask(real_tones, group), group_mask(fake_tones, group)
         entry: dict[str, Any] = {"num_real": int(real_rows.sum()), "num_generated": int(fake_rows.sum()), "fid": None, "kid_mean": None}
-        if min(entry["num_real"], entry["num_generated"]) >= max(2, min_group_size):
-            entry["fid"] = frechet_distance(real_features[real_rows], fake_features[fake_rows])
-            entry["kid_mean"], _ = kernel_inception_distance(
-                real_features[real_rows], fake_features[fake_rows], subsets=50, subset_size=kid_subset_size, seed=seed
-            )
+        if min(entry["num_real"], entry["num_generated"]) >= max(4, min_group_size):
+            real_group, fake_group = real_features[real_rows], fake_features[fake_rows]
+            entry["fid"] = frechet_distance(real_group, fake_group)
+            size = kid_subset_size(kid_size, len(real_group), len(fake_group))
+            entry["kid_mean"], _ = kernel_inception_distance(real_group, fake_group, subsets=50, subset_size=size, seed=seed)
         entry["cond_accuracy"] = cond_accuracy_of(fake_rows) if cond_accuracy_of is not None and fake_rows.any() else None
         groups[group] = entry
     with_fd = {g: e["fid"] for g, e in groups.items() if e["fid"] is not None}

@@ -1,11 +1,13 @@
 """The domain judge: a classifier trained on the real training split, cached on disk.
 
-It serves twice: its penultimate features are the ``domain:<name>`` feature space for FD, KID and
-precision/recall (used when the Inception weights are absent, or on request), and its heads judge
-conditioning accuracy. It is trained once per data set and split (key: ``DataInfo.fingerprint``,
-the training split's hash and the judge settings) with a fixed seed, so every run on the same data
-shares it and its figures compare. Its sanity figures (accuracy on the real test split, on pure
-noise, on heavily noised real images, beside chance) say how far its verdicts can be trusted.
+It serves twice: its heads judge conditioning accuracy, and its penultimate features are the
+``domain:<judge>`` feature space of ``fd_domain`` (and of FID on request). It is trained once per
+data set and split (key: ``DataInfo.fingerprint``, the training split's hash and the judge
+settings) with a fixed seed, so every run on the same data shares it and its figures compare. Its
+recipe is chosen on the validation split (``python -m experiments.bench judge``), and its sanity
+figures (accuracy on real validation images, on pure noise, on heavily noised real images, beside
+chance) say how far its verdicts can be trusted; the evaluation adds its ceiling on the evaluation
+split itself.
 """
 
 from __future__ import annotations
@@ -23,19 +25,27 @@ from torch import Tensor
 
 from datamodules.atomic import atomic_path
 from datamodules.info import DataInfo
-from evaluation.data import collect, split_hash
+from evaluation.data import collect, split_hash, subset_indices
 from models.classifier import SkinClassifier, batch_targets, head_accuracy, head_sizes, train_classifier
 
 log = logging.getLogger(__name__)
+# Every setting that changes the judge's weights (its cache key).
+JUDGE_SETTINGS = ("arch", "pretrained", "input_size", "epochs", "batch_size", "lr", "seed", "max_train_images")
 
 
 @dataclass
 class Judge:
-    """A trained ``SkinClassifier`` with its cache key and sanity figures."""
+    """A trained ``SkinClassifier`` with its cache key and sanity figures (on the validation split)."""
 
     model: SkinClassifier
-    name: str
+    key: str
     sanity: dict[str, Any]
+    trained_here: bool = False  # trained by this process (False: loaded from the cache)
+
+    @property
+    def name(self) -> str:
+        """``<arch>-<key>``: names the judge in metrics.json (and the ``domain:`` feature space)."""
+        return f"{self.model.hparams.arch}-{self.key[:8]}"
 
     @property
     def heads(self) -> dict[str, int]:
@@ -50,40 +60,45 @@ class Judge:
 
 def judge_key(info: DataInfo, train_set: Any, judge_cfg: Any) -> str:
     """Cache key: the data (fingerprint, size, split) and every setting that changes the weights."""
-    settings = {k: judge_cfg[k] for k in ("arch", "epochs", "batch_size", "lr", "seed", "max_train_images")}
+    settings = {k: judge_cfg[k] for k in JUDGE_SETTINGS}
     text = json.dumps({"data": info.to_dict(), "split": split_hash(train_set), **settings}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def load_or_train_judge(datamodule: Any, judge_cfg: Any, cache_dir: str | Path, progress: bool = False) -> Judge:
     """The judge for ``datamodule``'s data: from ``cache_dir/judges/<key>`` or trained and stored there."""
-    info: DataInfo = datamodule.info
-    key = judge_key(info, datamodule.train_set, judge_cfg)
+    key = judge_key(datamodule.info, datamodule.train_set, judge_cfg)
     folder = Path(cache_dir) / "judges" / key
-    name = f"domain:{judge_cfg['arch']}-{key[:8]}"
-    heads = head_sizes(info)
     if (folder / "judge.json").is_file():
         meta = json.loads((folder / "judge.json").read_text())
-        model = SkinClassifier(meta["heads"], arch=judge_cfg["arch"], augment=False)
+        model = _build(meta["heads"], judge_cfg)
         model.load_state_dict(load_file(folder / "model.safetensors"))
-        return Judge(model.eval(), name, meta["sanity"])
+        return Judge(model.eval(), key, meta["sanity"])
+    model = train_judge(datamodule, judge_cfg, progress)
+    validation = collect(datamodule.val_set, judge_cfg.get("num_sanity_images"), seed=judge_cfg["seed"])
+    sanity = sanity_figures(model, validation, judge_cfg["seed"], judge_cfg["sanity_noise_std"])
+    judge = Judge(model.eval(), key, sanity, trained_here=True)
+    _store(folder, model, {"name": judge.name, "heads": model.heads, "sanity": sanity, "settings": dict(judge_cfg)})
+    log.info("Judge %s sanity on the validation split: %s", judge.name, json.dumps(sanity))
+    return judge
 
-    log.info("Training the domain judge %s on %d real training images (cached in %s)", name, len(datamodule.train_set), folder)
+
+def _build(heads: dict[str, int], judge_cfg: Any) -> SkinClassifier:
+    return SkinClassifier(heads, arch=judge_cfg["arch"], pretrained=judge_cfg["pretrained"], input_size=judge_cfg["input_size"], augment=False)
+
+
+def train_judge(datamodule: Any, judge_cfg: Any, progress: bool = False) -> SkinClassifier:
+    """Train a judge recipe (``eval.judge``) on the training split (or its seeded subset)."""
     train_set = datamodule.train_set
     limit = judge_cfg.get("max_train_images")
     if limit is not None and limit < len(train_set):
-        from evaluation.data import subset_indices
-
         train_set = torch.utils.data.Subset(train_set, subset_indices(len(train_set), limit, judge_cfg["seed"]))
-    model = train_classifier(
-        heads, train_set, judge_cfg["epochs"], judge_cfg["batch_size"], judge_cfg["seed"],
+    log.info("Training the domain judge (%s) on %d real training images", judge_cfg["arch"], len(train_set))
+    return train_classifier(
+        head_sizes(datamodule.info), train_set, judge_cfg["epochs"], judge_cfg["batch_size"], judge_cfg["seed"],
         arch=judge_cfg["arch"], lr=judge_cfg["lr"], augment=True, progress=progress,
+        pretrained=judge_cfg["pretrained"], input_size=judge_cfg["input_size"],
     )
-    test = collect(datamodule.test_set, judge_cfg.get("num_sanity_images"), seed=judge_cfg["seed"])
-    sanity = sanity_figures(model, test, judge_cfg["seed"], judge_cfg.get("sanity_noise_std", 0.5))
-    _store(folder, model, {"name": name, "heads": heads, "sanity": sanity, "settings": dict(judge_cfg)})
-    log.info("Judge sanity: %s", json.dumps(sanity))
-    return Judge(model.eval(), name, sanity)
 
 
 def _store(folder: Path, model: SkinClassifier, meta: dict[str, Any]) -> None:
@@ -97,7 +112,7 @@ def _store(folder: Path, model: SkinClassifier, meta: dict[str, Any]) -> None:
 
 
 def sanity_figures(model: SkinClassifier, test: dict[str, Any], seed: int, noise_std: float) -> dict[str, Any]:
-    """Mean accuracy over heads on real test images, pure noise, and noised real images, beside chance.
+    """Mean accuracy over heads on real validation images, pure noise, and noised real images, beside chance.
 
     Pure noise and noised images keep the real images' targets: a trustworthy judge scores near
     chance on noise (it cannot see a lesion), so a generator of noise cannot earn conditioning accuracy.
@@ -108,7 +123,7 @@ def sanity_figures(model: SkinClassifier, test: dict[str, Any], seed: int, noise
     noise = torch.randn(images.shape, generator=generator).clamp(-1, 1)
     noised = (images + noise_std * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
     figures = {}
-    for name, batch in (("test", images), ("pure_noise", noise), (f"noised_std{noise_std:g}", noised)):
+    for name, batch in (("val", images), ("pure_noise", noise), (f"noised_std{noise_std:g}", noised)):
         per_head = head_accuracy(model.predict_logits(batch), targets)
         figures[f"{name}_accuracy"] = _mean(per_head)
         figures[f"{name}_per_head"] = per_head

@@ -1,291 +1,264 @@
 """The evaluation protocol: one function fills every key of metrics.json for any generator.
 
-Steps: (1) the domain judge and the feature extractor; (2) real test features (cached);
-(3) generation, split across DDP ranks in fixed chunks whose seeds depend on the chunk only, so
-the union of samples is the same for any number of ranks; (4) per-sample work on each rank
-(features, judge logits, thumbnails) gathered to every rank; (5) set-level figures: FD, KID, IS,
-precision/recall, conditioning accuracy, memorization, per skin tone, reconstruction; the FD floor
-(real validation vs real test) and the extras that metrics.json has no key for go to
-``eval/details.json`` beside it.
+Stages, each in its own module: set-up (``resources``: judge, feature networks, real sets; done
+before training by the callback), sample (``sampling``) and extract (``extraction``) per evaluation
+seed and held-out prompt set, score (``scoring``, ``conditioning``, ``memorization``, ``groups``,
+``reconstruction``) and write (``writing``; metrics.json itself is written by the caller).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import math
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch import Tensor
-from tqdm.auto import tqdm
 
-from datamodules.resumable import rank_and_world
-from evaluation.conditioning import (
-    accuracy_by_class,
-    conditioning_accuracy,
-    confusion_by_head,
-    head_correct_from_logits,
-    save_class_grid,
-    summarize,
-)
-from evaluation.data import cache_root, collect, split_hash, take
-from evaluation.features import FeatureExtractor, build_feature_extractor, extract
-from evaluation.fid import RealFeatureCache, all_figures, frechet_distance, inception_score
+from evaluation.conditioning import conditioning_accuracy, confusion_by_head, readable
+from evaluation.distributed import gather_rows, rank_and_world
+from evaluation.extraction import SampleSet, draw_sample_set
+from evaluation.features import extract
+from evaluation.fid import frechet_distance
 from evaluation.groups import per_skin_tone
-from evaluation.judge import Judge, load_or_train_judge
-from evaluation.memorization import memorization_report, save_pairs
+from evaluation.memorization import memorization_report, training_reference
+from evaluation.provenance import evaluation_provenance
 from evaluation.reconstruction import reconstruction_metrics
+from evaluation.resources import FLOOR_SPLIT, EvalResources, prepare_evaluation
+from evaluation.sampling import (
+    HOLDOUTS,
+    ReconstructionSettings,
+    SamplingSettings,
+    eval_conditions,
+    generate_shard,
+    is_conditional,
+    model_nfe,
+    reconstruction_protocol,
+    sampling_description,
+)
 from evaluation.schema import METRIC_KEYS, empty_metrics
-from models.classifier import ATTRIBUTE_PREFIX, LABEL_HEAD, SKIN_TONE_HEAD, batch_targets, head_values
+from evaluation.scoring import bootstrap_weights, distribution_scores, domain_fd, floor_scores, spread
+from evaluation.writing import save_closest_pairs, write_files
+from models.classifier import SKIN_TONE_HEAD, batch_targets
 
-log = logging.getLogger(__name__)
-
-
-def gather_rows(tensor: Tensor, device: torch.device) -> Tensor:
-    """Concatenate a per-rank (n_r, ...) tensor over ranks (uneven n_r allowed); identity on one process."""
-    if rank_and_world()[1] == 1:
-        return tensor
-    from torchmetrics.utilities.distributed import gather_all_tensors
-
-    on_device = tensor.to(device if dist.get_backend() == "nccl" else "cpu")
-    return torch.cat([t.cpu() for t in gather_all_tensors(on_device.contiguous())])
+NO_INCEPTION_SCORE = "the FID Inception file has pool3 features only, no classifier logits: no Inception Score"
 
 
-def shared_judge(datamodule: Any, eval_cfg: Any, progress: bool) -> Judge:
-    """The cached judge; on several ranks, rank 0 trains or loads it first and the others then load it."""
-    rank, world = rank_and_world()
-    cache = cache_root(eval_cfg)
-    if world > 1 and rank != 0:
-        dist.barrier()
-    judge = load_or_train_judge(datamodule, eval_cfg["judge"], cache, progress=progress)
-    if world > 1 and rank == 0:
-        dist.barrier()
-    return judge
-
-
-def real_features(
-    extractor: FeatureExtractor, dataset: Any, split: str, datamodule: Any, eval_cfg: Any, images: Tensor, progress: bool
-) -> tuple[Tensor, Tensor]:
-    """Features and logits of real ``images`` of a split, from the cache when they were computed before."""
-    info = datamodule.info
-    key = RealFeatureCache.key(
-        data=info.fingerprint or info.to_dict(), split=split, members=split_hash(dataset), num=int(images.shape[0]),
-        size=info.image_size, extractor=extractor.name,
-    )
-    cache = RealFeatureCache(cache_root(eval_cfg))
-    stored = cache.load(key)
-    if stored is not None:
-        return stored["features"], stored["logits"]
-    features, logits = extract(extractor, images, eval_cfg.get("batch_size", 64), progress, desc=f"{split} features")
-    if rank_and_world()[0] == 0:
-        cache.save(key, {"features": features, "logits": logits})
-    return features, logits
-
-
-def ensure_setup(datamodule: Any) -> None:
-    if getattr(datamodule, "test_set", None) is None or getattr(datamodule, "train_set", None) is None:
-        datamodule.setup()
+@contextmanager
+def evaluation_mode(model: Any) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
-def generate_shard(model: Any, conditions: dict[str, Any] | None, num_images: int, batch_size: int, seed: int, progress: bool) -> tuple[Tensor, Tensor, float]:
-    """This rank's share of the samples: images, their global indices, and seconds spent generating.
+def validation_fd(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, num_images: int) -> float:
+    """FD of ``num_images`` fresh samples against the prepared real set, in ``eval.val_fd.feature_extractor``'s space."""
+    choice = cfg["val_fd"]["feature_extractor"]
+    extractor = resources.domain if choice == "domain" else resources.primary
+    if choice != "domain" and extractor.name == resources.domain.name:
+        raise ValueError(f"eval.val_fd.feature_extractor={choice} needs eval.feature_extractor={choice}")
+    seed = int(cfg["seeds"][0])
+    conditions = eval_conditions(datamodule, num_images, seed, resources.split) if is_conditional(model) else None
+    images, _, _ = generate_shard(model, conditions, num_images, int(cfg["batch_size"]), seed)
+    features = gather_rows(extract(extractor, images, int(cfg["feature_batch_size"])), model.device)
+    return frechet_distance(resources.real.features[extractor.name], features)
 
-    Chunk c (rows c*batch_size ...) is drawn by rank c % world with seed ``seed * 1_000_003 + c``.
+
+def draw_sets(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, sampling: SamplingSettings | None, progress: bool) -> list[SampleSet]:
+    """One sample set per evaluation seed, prompted like the evaluation split's images."""
+    sets = []
+    for seed in cfg["seeds"]:
+        n = int(cfg["num_generated"])
+        conditions = eval_conditions(datamodule, n, int(seed), resources.split) if is_conditional(model) else None
+        sets.append(draw_sample_set(model, conditions, n, int(seed), resources, cfg, sampling, progress))
+    return sets
+
+
+def draw_heldout(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, sampling: SamplingSettings | None, progress: bool) -> dict[str, Any]:
+    """Per held-out prompt kind: its sample set (first evaluation seed, judge only), or why there is none."""
+    if not is_conditional(model):
+        return dict.fromkeys(HOLDOUTS, "an unconditional model takes no prompts")
+    out: dict[str, Any] = {}
+    n, seed = int(cfg["heldout"]["num_generated"]), int(cfg["seeds"][0])
+    for kind in HOLDOUTS:
+        if n <= 0:
+            out[kind] = "eval.heldout.num_generated is 0"
+            continue
+        try:
+            conditions = eval_conditions(datamodule, n, seed, resources.split, holdout=kind)
+        except ValueError as error:
+            out[kind] = f"no held-out {kind} prompts: {error}"
+            continue
+        out[kind] = [draw_sample_set(model, conditions, n, seed, resources, cfg, sampling, progress, features=False)]
+    return out
+
+
+def distribution_block(sets: list[SampleSet], resources: EvalResources, cfg: Any) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    """FID/KID/precision/recall (and fd_domain) with intervals and seed spread; the bootstrap weights used."""
+    primary, domain, real = resources.primary, resources.domain, resources.real
+    weights = bootstrap_weights([real.size, *(s.size for s in sets)], cfg)
+    scores = distribution_scores(real.features[primary.name], [s.features[primary.name] for s in sets], [int(s) for s in cfg["seeds"]], weights, cfg)
+    metrics = dict(scores["figures"])
+    intervals = dict(scores["intervals"])
+    per_seed = dict(scores["per_seed"])
+    if domain is not primary:
+        metrics["fd_domain"], intervals["fd_domain"], per_seed["fd_domain"] = domain_fd(
+            real.features[domain.name], [s.features[domain.name] for s in sets], weights, cfg
+        )
+    intervals.update(per_seed=per_seed, seed_spread=spread(per_seed), method=(
+        f"{cfg['bootstrap']['level']:.0%} basic bootstrap intervals ({cfg['bootstrap']['resamples']} replicates resampling the "
+        f"real and generated sets) of the mean over {len(sets)} evaluation seed(s); bias-corrected, so they target the "
+        "population value and lie below a biased point estimate such as FD at small n; Wilson for per-class proportions"
+    ))
+    if resources.floor is not None:
+        floor = resources.floor
+        metrics["floor"] = floor_scores(real.features[primary.name], floor.features[primary.name], weights[0], cfg, floor.split, resources.split)
+        if domain is not primary:
+            metrics["floor"]["fd_domain"] = frechet_distance(real.features[domain.name], floor.features[domain.name])
+    return metrics, intervals, weights
+
+
+def memorization_block(sets: list[SampleSet], datamodule: Any, resources: EvalResources, cfg: Any, eval_dir: Path | None, progress: bool) -> dict[str, Any]:
+    """Nearest training images of every generated sample (all seeds) beside those of the real evaluation images."""
+    reference = training_reference(datamodule, resources.judge, cfg, progress)
+    generated = torch.cat([s.thumbnails for s in sets])
+    generated_features = torch.cat([s.features[resources.domain.name] for s in sets])
+    report, distances, nearest_index = memorization_report(
+        generated, generated_features, resources.real.batch["image"], resources.real.features[resources.domain.name],
+        reference, cfg["memorization"], resources.split,
+    )
+    report["pairs_grid"] = None
+    if eval_dir is not None:
+        save_closest_pairs(generated, distances, nearest_index, reference["pixels"], eval_dir / "closest_pairs.png", int(cfg["memorization"]["num_pairs"]))
+        report["pairs_grid"] = "closest_pairs.png"
+    return report
+
+
+def skin_tone_block(first: SampleSet, resources: EvalResources, cfg: Any, cond: dict[str, Any] | None) -> dict[str, Any]:
+    """Per Fitzpatrick group figures of the first evaluation seed's samples."""
+    real, name = resources.real, resources.primary.name
+    if first.conditions is not None and "skin_tone" in first.conditions:
+        tones, source = torch.as_tensor(first.conditions["skin_tone"]).long(), "condition"
+    else:
+        tones, source = first.judge_logits[SKIN_TONE_HEAD].argmax(1) + 1, "judge"
+    accuracy_of = None
+    if cond is not None:
+        visual = [h for h, e in cond["per_head"].items() if e["visual"] and e["accuracy"] is not None]
+        targets = batch_targets(first.conditions, resources.judge.heads)
+        hits = {h: (first.judge_logits[h].argmax(1) == t, t >= 0) for h, t in targets.items()}
+        def accuracy_of(rows: torch.Tensor) -> float | None:
+            values = [float(hit[rows & known].float().mean()) for h, (hit, known) in hits.items() if readable(h) in visual and (rows & known).any()]
+            return sum(values) / len(values) if values else None
+
+    return per_skin_tone(
+        real.features[name], real.batch["skin_tone"], first.features[name], tones, source, cond_accuracy_of=accuracy_of,
+        min_group_size=int(cfg["min_group_size"]), kid_size=int(cfg["kid_subset_size"]), seed=int(cfg["seeds"][0]),
+    )
+
+
+def evaluate_generator(
+    model: Any, datamodule: Any, eval_cfg: Any, out_dir: str | Path, *, extra: dict[str, Any] | None = None,
+    resources: EvalResources | None = None, sampling: SamplingSettings | None = None,
+    checkpoint: str | Path | None = None, overrides: list[str] | None = None, budget: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` against the real ``eval.split`` of ``datamodule``; return the metrics.json dict.
+
+    ``extra`` supplies what only the runner knows (exp, data, seed, train_steps, train_time_s);
+    ``resources`` the prepared set-up (prepared here when None); ``sampling`` the sampler settings;
+    ``checkpoint``, ``overrides`` and ``budget`` go to the provenance. Rank 0 writes ``out_dir/eval/``;
+    the caller writes metrics.json.
     """
-    rank, world = rank_and_world()
-    chunks = [c for c in range(math.ceil(num_images / batch_size)) if c % world == rank]
-    images, indices, seconds = [], [], 0.0
-    for chunk in tqdm(chunks, desc="generate", disable=not progress, leave=False):
-        rows = list(range(chunk * batch_size, min(num_images, (chunk + 1) * batch_size)))
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + chunk)
-        start = time.perf_counter()
-        batch = model.generate(take(conditions, rows) if conditions is not None else None, len(rows), generator=generator)
-        if batch.is_cuda:
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - start
-        images.append(batch.float().clamp(-1, 1).cpu())
-        indices.append(torch.tensor(rows))
-    if not images:
-        return torch.empty(0, 3, model.image_size, model.image_size), torch.empty(0, dtype=torch.long), 0.0
-    return torch.cat(images), torch.cat(indices), seconds
-
-
-def evaluate_generator(model: Any, datamodule: Any, eval_cfg: Any, out_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate ``model`` against ``datamodule``'s real test split; return the metrics.json dict.
-
-    ``extra`` supplies what only the runner knows (exp, data, seed, train_steps, train_time_s).
-    Rank 0 writes ``out_dir/eval/`` (sample grid, closest-pairs grid, details.json); the caller
-    writes metrics.json.
-    """
-    extra = dict(extra or {})
-    unknown = set(extra) - set(METRIC_KEYS)
+    unknown = set(extra or {}) - set(METRIC_KEYS)
     if unknown:
         raise ValueError(f"extra has keys outside the metrics.json schema: {sorted(unknown)}")
-    out_dir = Path(out_dir)
-    eval_dir = out_dir / "eval"
-    rank, world = rank_and_world()
-    progress = bool(eval_cfg.get("progress", True)) and rank == 0
-    seed = int(extra.get("seed", eval_cfg.get("seed", 0)))
-    batch_size = int(eval_cfg.get("batch_size", 64))
-    ensure_setup(datamodule)
-    info = datamodule.info
-    device = model.device
-
-    # (1) judge and feature extractor
-    judge = shared_judge(datamodule, eval_cfg, progress)
-    extractor = build_feature_extractor(eval_cfg, lambda: judge, device)
-
-    # (2) real test images and their features (subset fixed by seed 0, so runs share it)
-    real = collect(datamodule.test_set, eval_cfg.get("num_real"), seed=0, progress=progress)
-    real_feats, _ = real_features(extractor, datamodule.test_set, "test", datamodule, eval_cfg, real["image"], progress)
-
-    # (3) generation, sharded by rank
-    num_generated = int(eval_cfg["num_generated"])
-    conditional = getattr(model, "conditioning", "none") != "none"
-    conditions = datamodule.sample_conditions(num_generated, seed=seed) if conditional else None
-    was_training = model.training
-    model.eval()
-    images, indices, seconds = generate_shard(model, conditions, num_generated, batch_size, seed, progress)
-
-    # (4) per-sample work on this rank, then gathered and put back in sample order
-    feats, logits = extract(extractor, images, batch_size, progress, desc="generated features")
-    judge_logits = judge.logits(images) if images.shape[0] else {h: torch.empty(0, n) for h, n in judge.heads.items()}
-    thumb_size = int(eval_cfg["memorization"].get("thumbnail_size", 64))
-    thumbs = torch.nn.functional.interpolate(images, size=thumb_size, mode="area") if images.shape[-1] > thumb_size else images
-    gathered = {name: gather_rows(t, device) for name, t in {"index": indices, "features": feats, "logits": logits, "thumbs": thumbs}.items()}
-    judge_logits = {h: gather_rows(t, device) for h, t in judge_logits.items()}
-    order = gathered["index"].argsort()
-    fake_feats, fake_logits, fake_thumbs = (gathered[k][order] for k in ("features", "logits", "thumbs"))
-    judge_logits = {h: t[order] for h, t in judge_logits.items()}
-
-    # (5) set-level figures
-    metrics = empty_metrics()
-    metrics.update(
-        data=info.source, image_size=info.image_size, seed=seed, num_real=int(real["image"].shape[0]),
-        num_generated=int(fake_feats.shape[0]), feature_extractor=extractor.name, nfe=getattr(model, "nfe", None),
-        sample_time_s_per_image=seconds / max(1, images.shape[0]) if images.shape[0] else None,
-    )
-    metrics.update(extra)
-    figures = all_figures(
-        real_feats, fake_feats, int(eval_cfg.get("kid_subsets", 100)), int(eval_cfg.get("kid_subset_size", 1000)),
-        int(eval_cfg.get("pr_neighborhood", 3)), seed,
-    )
-    metrics.update(figures)
-    metrics["is_mean"], metrics["is_std"] = inception_score(fake_logits, int(eval_cfg.get("is_splits", 10)), seed)
-
-    details: dict[str, Any] = {"feature_extractor": extractor.name, "judge": judge.name, "judge_sanity": judge.sanity, "world_size": world}
-    correct = None
-    if conditional:
-        targets = batch_targets(conditions, judge.heads)
-        correct = head_correct_from_logits(judge_logits, targets)
-        metrics["cond_accuracy"] = conditioning_accuracy(judge, correct, figures["fid"], extractor.name)
-        details["cond_confusion"] = confusion_by_head(judge_logits, targets, info)
-
-    memorization_cfg = eval_cfg["memorization"]
-    if memorization_cfg.get("enabled", True):
-        train = collect(datamodule.train_set, memorization_cfg.get("num_train"), seed=0, progress=progress)
-        train_feats, _ = real_features(extractor, datamodule.train_set, "train", datamodule, eval_cfg, train["image"], progress)
-        metrics["memorization"] = memorization_report(
-            fake_thumbs, fake_feats, train["image"], train_feats,
-            grid_path=eval_dir / "closest_pairs.png" if rank == 0 else None,
-            pixel_size=int(memorization_cfg.get("pixel_size", 32)), percentile=float(memorization_cfg.get("percentile", 1.0)),
-            num_pairs=int(memorization_cfg.get("num_pairs", 16)),
-        )
-
-    if info.skin_tones:
-        if conditional and "skin_tone" in conditions:
-            fake_tones, source = torch.as_tensor(conditions["skin_tone"]).long(), "condition"
-        else:
-            fake_tones, source = judge_logits[SKIN_TONE_HEAD].argmax(1) + 1, "judge"
-        metrics["per_skin_tone"] = per_skin_tone(
-            real_feats, real["skin_tone"], fake_feats, fake_tones, source,
-            cond_accuracy_of=(lambda rows: summarize(correct, rows)[0]) if correct is not None else None,
-            min_group_size=int(eval_cfg.get("min_group_size", 10)), kid_subset_size=int(eval_cfg.get("kid_subset_size", 1000)), seed=seed,
-        )
-
-    _apply_recon_settings(model, eval_cfg)
-    recon = reconstruction_metrics(model, take(real, slice(0, int(eval_cfg.get("num_recon", 64)))), batch_size, seed, progress)
+    rank = rank_and_world()[0]
+    progress = bool(eval_cfg["progress"]) and rank == 0
+    resources = resources or prepare_evaluation(datamodule, eval_cfg, model.device, progress)
+    settings = ReconstructionSettings(strength=float(eval_cfg["recon_strength"]), projection_steps=int(eval_cfg["gan_projection_steps"]))
+    with evaluation_mode(model):
+        sets = draw_sets(model, datamodule, resources, eval_cfg, sampling, progress)
+        heldout = draw_heldout(model, datamodule, resources, eval_cfg, sampling, progress)
+        recon_real = {k: v for k, v in resources.real.batch.items()}
+        recon = reconstruction_metrics(model, _head(recon_real, int(eval_cfg["num_recon"])), settings, sampling,
+                                       int(eval_cfg["batch_size"]), int(eval_cfg["seeds"][0]), progress)
+    eval_dir = Path(out_dir) / "eval" if rank == 0 else None
+    metrics, details = score(model, datamodule, sets, heldout, resources, eval_cfg, eval_dir, progress)
     if recon is not None:
-        metrics.update(ssim=recon["ssim"], psnr=recon["psnr"], reconstruction_protocol=model.reconstruction_protocol)
+        metrics.update(ssim=recon["ssim"], psnr=recon["psnr"], reconstruction_protocol=reconstruction_protocol(model, settings, sampling))
         details["ms_ssim"] = recon["ms_ssim"]
-
-    if eval_cfg.get("fd_floor", True) and getattr(datamodule, "val_set", None) is not None and len(datamodule.val_set) > 1:
-        details["fd_floor"] = fd_floor(extractor, datamodule, eval_cfg, real_feats, progress)
-    model.train(was_training)
-
-    if rank == 0:
-        save_pairs(images[:64], eval_dir / "samples.png") if images.shape[0] else None
-        write_sample_table(images[:64], conditions, judge_logits, info, eval_dir)
-        if correct is not None and LABEL_HEAD in correct:
-            labels = torch.as_tensor(conditions["label"]).long()
-            details["cond_accuracy_by_class"] = accuracy_by_class(correct, labels, tuple(info.class_names))
-            save_class_grid(fake_thumbs, labels, details["cond_accuracy_by_class"], tuple(info.class_names), eval_dir / "by_class.png")
-        (eval_dir / "details.json").write_text(json.dumps(details, indent=1, default=str))
+    else:
+        metrics["nulls"].update(dict.fromkeys(("ssim", "psnr", "reconstruction_protocol"), f"{type(model).__name__} has no reconstruction protocol"))
+    metrics.update({k: v for k, v in (extra or {}).items()})
+    metrics.update(
+        nfe=model_nfe(model, sampling), sample_time_s_per_image=sum(s.seconds for s in sets) / max(1, sum(s.drawn for s in sets)),
+        provenance=evaluation_provenance(
+            data_fingerprint=datamodule.info.fingerprint, judge=resources.judge, extractors=resources.extractors,
+            settings=eval_settings(model, eval_cfg, resources, sampling, settings, budget), setup=resources.timing,
+            checkpoint=checkpoint, overrides=overrides,
+        ),
+    )
+    if eval_dir is not None:
+        write_files(eval_dir, sets[0], datamodule.info, metrics, details)
     return metrics
 
 
-def write_sample_table(images: Tensor, conditions: dict[str, Any] | None, judge_logits: dict[str, Tensor], info: Any, eval_dir: Path) -> None:
-    """``eval/samples/<i>.png`` plus ``eval/samples.json``: each sample's prompt and what the judge reads in it.
+def _head(batch: dict[str, Any], count: int) -> dict[str, Any]:
+    from evaluation.data import take
 
-    The runner turns these into a W&B table (image, prompt, predicted attributes).
-    """
-    from torchvision.utils import save_image
-
-    sample_dir = eval_dir / "samples"
-    sample_dir.mkdir(parents=True, exist_ok=True)
-    names = head_values(info)
-    rows = []
-    for i, image in enumerate(images):
-        save_image((image.float().cpu().clamp(-1, 1) + 1) / 2, sample_dir / f"{i:03d}.png")
-        predicted = {}
-        for head, logits in judge_logits.items():
-            index = int(logits[i].argmax())
-            if head == SKIN_TONE_HEAD:
-                predicted["skin_tone"] = index + 1
-            else:
-                predicted["diagnosis" if head == LABEL_HEAD else head.removeprefix(ATTRIBUTE_PREFIX)] = names[head][index]
-        caption = str(conditions["caption"][i]) if conditions is not None else None
-        rows.append({"file": f"samples/{i:03d}.png", "caption": caption, "predicted": predicted})
-    (eval_dir / "samples.json").write_text(json.dumps({"nrow": 8, "captions": [r["caption"] for r in rows], "samples": rows}, indent=1))
+    return take(batch, slice(0, count))
 
 
-def fd_floor(extractor: FeatureExtractor, datamodule: Any, eval_cfg: Any, test_feats: Tensor, progress: bool) -> dict[str, Any]:
-    """FD between the real validation and test splits: what "as close as real data" looks like."""
-    val = collect(datamodule.val_set, eval_cfg.get("num_real"), seed=0, progress=progress)
-    val_feats, _ = real_features(extractor, datamodule.val_set, "val", datamodule, eval_cfg, val["image"], progress)
-    floor = {"fid": frechet_distance(test_feats, val_feats), "num_val": int(val_feats.shape[0]), "num_test": int(test_feats.shape[0])}
-    # FD is biased upward at small n: the floor with as many real images as the run generated
-    n = min(int(eval_cfg.get("num_generated") or 0), int(val_feats.shape[0]))
-    if 1 < n < val_feats.shape[0]:
-        # a seeded random subset: split files are often sorted (HAM10000 by diagnosis), so the first n are not a sample
-        subset = torch.randperm(val_feats.shape[0], generator=torch.Generator().manual_seed(0))[:n]
-        floor.update(fid_at_num_generated=frechet_distance(test_feats, val_feats[subset.to(val_feats.device)]), num_generated=n)
-    return floor
+def eval_settings(model: Any, cfg: Any, resources: EvalResources, sampling: SamplingSettings | None,
+                  settings: ReconstructionSettings, budget: str | None) -> dict[str, Any]:
+    """``provenance.eval``: what was sampled, how many, against what."""
+    return {
+        "split": resources.split, "floor_split": FLOOR_SPLIT[resources.split] if resources.floor is not None else None,
+        "n": int(cfg["num_generated"]), "num_real": resources.real.size, "seeds": [int(s) for s in cfg["seeds"]],
+        **sampling_description(model, sampling),
+        "reconstruction": {"strength": settings.strength, "projection_steps": settings.projection_steps, "num": int(cfg["num_recon"])},
+        "bootstrap": {"resamples": int(cfg["bootstrap"]["resamples"]), "level": float(cfg["bootstrap"]["level"])},
+        "heldout_n": int(cfg["heldout"]["num_generated"]), "budget": budget,
+    }
 
 
-
-
-def _apply_recon_settings(model: Any, eval_cfg: Any) -> None:
-    """Hand the protocol's settings to models that read them (attributes ``recon_strength``, ``gan_projection_steps``)."""
-    for key in ("recon_strength", "gan_projection_steps"):
-        if hasattr(model, key) and eval_cfg.get(key) is not None:
-            setattr(model, key, eval_cfg[key])
-
-
-@torch.no_grad()
-def quick_fd(model: Any, datamodule: Any, eval_cfg: Any, num_images: int, seed: int = 0) -> float:
-    """FD of ``num_images`` samples against the real test features: a cheap training-time signal (``val/fd``)."""
-    ensure_setup(datamodule)
-    judge = shared_judge(datamodule, eval_cfg, progress=False)
-    extractor = build_feature_extractor(eval_cfg, lambda: judge, model.device)
-    real = collect(datamodule.test_set, eval_cfg.get("num_real"), seed=0)
-    real_feats, _ = real_features(extractor, datamodule.test_set, "test", datamodule, eval_cfg, real["image"], False)
-    conditions = datamodule.sample_conditions(num_images, seed=seed) if getattr(model, "conditioning", "none") != "none" else None
-    images, _, _ = generate_shard(model, conditions, num_images, int(eval_cfg.get("batch_size", 64)), seed, False)
-    feats, _ = extract(extractor, images, int(eval_cfg.get("batch_size", 64)))
-    return frechet_distance(real_feats, gather_rows(feats, model.device))
+def score(model: Any, datamodule: Any, sets: list[SampleSet], heldout: dict[str, Any], resources: EvalResources,
+          cfg: Any, eval_dir: Path | None, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every set-level figure; metrics (with intervals and null reasons) and the details.json extras."""
+    info = datamodule.info
+    metrics = empty_metrics()
+    metrics.update(
+        data=info.source, image_size=info.image_size, eval_split=resources.split, num_real=resources.real.size,
+        num_generated=sets[0].size, feature_extractor=resources.primary.name,
+    )
+    nulls: dict[str, str] = {"is_mean": NO_INCEPTION_SCORE, "is_std": NO_INCEPTION_SCORE}
+    figures, intervals, weights = distribution_block(sets, resources, cfg)
+    metrics.update(figures)
+    if resources.domain is resources.primary:
+        nulls["fd_domain"] = "fid is itself in the judge's feature space (eval.feature_extractor=domain)"
+    if resources.floor is None:
+        nulls["floor"] = "eval.floor is off"
+    details: dict[str, Any] = {"judge": resources.judge.name, "judge_sanity": resources.judge.sanity, "world_size": rank_and_world()[1]}
+    if is_conditional(model):
+        held = {kind: group if isinstance(group, str) else (group, bootstrap_weights([s.size for s in group], cfg, stream=2 + i))
+                for i, (kind, group) in enumerate(heldout.items())}
+        cond, cond_intervals, cond_nulls = conditioning_accuracy(sets, weights[1:], held, resources, tuple(info.class_names), cfg)
+        metrics["cond_accuracy"] = cond
+        intervals.update(cond_intervals)
+        nulls.update(cond_nulls)
+        details["cond_confusion"] = confusion_by_head(sets[0].judge_logits, batch_targets(sets[0].conditions, resources.judge.heads), info)
+    else:
+        nulls["cond_accuracy"] = f"{type(model).__name__} is unconditional"
+    if cfg["memorization"]["enabled"]:
+        metrics["memorization"] = memorization_block(sets, datamodule, resources, cfg, eval_dir, progress)
+    else:
+        nulls["memorization"] = "eval.memorization.enabled is false"
+    if info.skin_tones:
+        metrics["per_skin_tone"] = skin_tone_block(sets[0], resources, cfg, metrics["cond_accuracy"])
+    else:
+        nulls["per_skin_tone"] = f"{info.source} records no skin tones"
+    metrics["intervals"], metrics["nulls"] = intervals, nulls
+    return metrics, details

@@ -1,9 +1,11 @@
-"""SSIM, PSNR and MS-SSIM of a model's own reconstructions of real test images.
+"""SSIM, PSNR and MS-SSIM of a model's own reconstructions of real images of the evaluation split.
 
 Each model defines how it reconstructs (``GenerativeModule.reconstruction_protocol``): the VAE
-encodes and decodes; diffusion models noise to ``eval.recon_strength`` and denoise with the
-image's own caption/label; the GAN projects into its latent space by ``eval.gan_projection_steps``
-Adam steps. Figures are means over images of per-image values, on images mapped to [0, 1].
+encodes and decodes; diffusion models noise to strength ``eval.recon_strength`` and denoise with
+the image's own caption/label; the GAN projects into its latent space by
+``eval.gan_projection_steps`` Adam steps. The settings reach the model as
+``ReconstructionSettings``. Figures are means over images of per-image values, on images mapped
+to [0, 1].
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torchmetrics.functional.image import (
 from tqdm.auto import tqdm
 
 from evaluation.data import take
+from evaluation.sampling import ReconstructionSettings, SamplingSettings, reconstruct, reconstruction_protocol
 
 MS_SSIM_MIN_SIZE = 161  # 5 scales of an 11-px window: the side must exceed (11 - 1) * 2**4
 
@@ -38,10 +41,11 @@ def image_quality(reconstructed: Tensor, target: Tensor) -> dict[str, float | No
 
 @torch.no_grad()
 def reconstruction_metrics(
-    model: Any, real: dict[str, Any], batch_size: int, seed: int, progress: bool = False
+    model: Any, real: dict[str, Any], settings: ReconstructionSettings, sampling: SamplingSettings | None,
+    batch_size: int, seed: int, progress: bool = False,
 ) -> dict[str, float | None] | None:
-    """Reconstruct ``real`` (a stacked batch) with ``model.reconstruct``; None if the model has no protocol."""
-    if getattr(model, "reconstruction_protocol", None) is None:
+    """Reconstruct ``real`` (a stacked batch) by the model's protocol; None if the model has none."""
+    if reconstruction_protocol(model, settings, sampling) is None:
         return None
     outputs = []
     count = int(real["image"].shape[0])
@@ -50,7 +54,7 @@ def reconstruction_metrics(
         batch["image"] = batch["image"].to(model.device)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
         with torch.inference_mode(False), torch.enable_grad():  # GAN projection optimises a latent
-            reconstructed = model.reconstruct(batch, generator=generator)
+            reconstructed = reconstruct(model, batch, settings, generator, sampling)
         if reconstructed is None:
             return None
         outputs.append(reconstructed.detach().cpu())

@@ -57,6 +57,17 @@ def batch_targets(batch: dict[str, Any], heads: dict[str, int]) -> dict[str, Ten
     return targets
 
 
+def build_classifier_backbone(arch: str, pretrained: bool | str) -> nn.Module:
+    """A pooled-feature timm backbone: random init (nothing downloads), or ``models.backbones``' pretrained weights."""
+    if not pretrained:
+        return timm.create_model(arch, pretrained=False, num_classes=0)
+    try:
+        from models.backbones import build_backbone
+    except ImportError as error:
+        raise ImportError(f"a pretrained classifier backbone ({arch}, pretrained={pretrained!r}) needs models.backbones") from error
+    return build_backbone(arch, pretrained, num_classes=0)
+
+
 class RobustAugment(nn.Module):
     """Per-image random noise, blur, colour jitter and flips on (B, 3, H, W) images in [-1, 1]."""
 
@@ -121,7 +132,12 @@ class SkinClassifier(L.LightningModule):
 
     Args:
         heads: head name -> number of classes (see ``head_sizes``).
-        arch: timm architecture, built without pretrained weights (nothing downloads).
+        arch: timm architecture.
+        pretrained: False (random initialisation) or the weights to fine-tune (``models.backbones``:
+            true for the architecture's shipped weights, or a path); pretrained networks get
+            ImageNet-normalised input.
+        input_size: resize images to this side before the backbone (a pretrained CNN sees little
+            at 32 px); None keeps the data's size.
         lr, weight_decay: AdamW settings; the learning rate follows a cosine to zero over ``max_steps``.
         augment: train with ``RobustAugment`` (the judge must; the downstream recipe may not).
         max_steps: length of the cosine schedule (set by ``fit_classifier``).
@@ -131,6 +147,8 @@ class SkinClassifier(L.LightningModule):
         self,
         heads: dict[str, int],
         arch: str = "test_resnet",
+        pretrained: bool | str = False,
+        input_size: int | None = None,
         lr: float = 2e-3,
         weight_decay: float = 0.05,
         augment: bool = True,
@@ -139,7 +157,8 @@ class SkinClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.heads = dict(heads)
-        self.backbone = timm.create_model(arch, pretrained=False, num_classes=0)
+        self.backbone = build_classifier_backbone(arch, pretrained)
+        self.normalize = bool(pretrained)
         self.classifiers = nn.ModuleDict({name: nn.Linear(self.backbone.num_features, n) for name, n in heads.items()})
         self.augment = RobustAugment() if augment else None
 
@@ -149,6 +168,13 @@ class SkinClassifier(L.LightningModule):
 
     def features(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, num_features)."""
+        size = self.hparams.input_size
+        if size and images.shape[-1] != size:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if self.normalize:
+            from models.backbones import imagenet_normalize
+
+            images = imagenet_normalize(images)
         return self.backbone(images)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
@@ -206,10 +232,12 @@ def train_classifier(
     augment: bool = True,
     progress: bool = False,
     accelerator: str = "cpu",
+    pretrained: bool | str = False,
+    input_size: int | None = None,
 ) -> SkinClassifier:
     """Build and train a ``SkinClassifier`` on ``dataset`` (batch dicts); the same seed gives the same weights."""
     L.seed_everything(seed, workers=True, verbose=False)  # before building: initial weights depend on it
-    model = SkinClassifier(heads, arch=arch, lr=lr, augment=augment)
+    model = SkinClassifier(heads, arch=arch, pretrained=pretrained, input_size=input_size, lr=lr, augment=augment)
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
         generator=torch.Generator().manual_seed(seed), num_workers=0,

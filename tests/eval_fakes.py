@@ -56,7 +56,13 @@ class BlobDataset(Dataset):
 
 
 class BlobDataModule:
-    """Just enough of SkinDataModule for evaluation: info, splits, sample_conditions."""
+    """Just enough of SkinDataModule for evaluation: info, splits, sample_conditions (with held-out prompts).
+
+    Held-out prompts: ``paraphrase`` captions the same rows with a template training never used;
+    ``combo`` draws only the combination (blue, large) from the evaluation split's rows.
+    """
+
+    HELDOUT_COMBO = (2, 1)
 
     def __init__(self, size: int = 16, num_train: int = 384, num_eval: int = 128) -> None:
         self.info = DataInfo("blobs", size, ("red", "green", "blue"), {"border": ("small", "large")}, True, f"blobs{size}")
@@ -67,11 +73,16 @@ class BlobDataModule:
     def setup(self, stage: str | None = None) -> None:
         pass
 
-    def sample_conditions(self, n: int, seed: int) -> dict[str, Any]:
+    def sample_conditions(self, n: int, seed: int, *, split: str = "train", holdout: str | None = None) -> dict[str, Any]:
         rng = np.random.default_rng(seed)
         label, border, tone = rng.integers(0, 3, n), rng.integers(0, 2, n), rng.integers(1, 7, n)
+        if holdout == "combo":
+            label, border = np.full(n, self.HELDOUT_COMBO[0]), np.full(n, self.HELDOUT_COMBO[1])
+        elif holdout not in (None, "paraphrase"):
+            raise ValueError(f"unknown holdout {holdout!r}")
+        template = "a {} blob, its border {}, on tone {}" if holdout == "paraphrase" else "blob {} border {} tone {}"
         return {
-            "caption": [f"blob {a} border {b} tone {c}" for a, b, c in zip(label, border, tone)],
+            "caption": [template.format(a, b, c) for a, b, c in zip(label, border, tone)],
             "label": torch.as_tensor(label), "attributes": {"border": torch.as_tensor(border)},
             "skin_tone": torch.as_tensor(tone),
         }
@@ -81,18 +92,30 @@ class BlobGenerator(GenerativeModule):
     """Draws blobs for the requested conditions (a perfect conditional generator), plus optional noise.
 
     ``reconstruct`` returns the input plus ``recon_noise`` Gaussian noise (seeded by the generator).
+    It records the sampling settings it was handed (``received``): evaluation passes them in.
     """
 
     conditioning = "label"
-    reconstruction_protocol = "identity-plus-noise"
 
     def __init__(self, data_info: DataInfo, noise: float = 0.0, recon_noise: float = 0.1) -> None:
         super().__init__(data_info)
         self.noise, self.recon_noise = noise, recon_noise
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device
+        self.received: list[Any] = []
+
+    def reconstruction_protocol(self, settings=None, sampling=None) -> str:  # type: ignore[override]
+        return "identity-plus-noise"
+
+    def nfe(self, sampling=None) -> int:  # type: ignore[override]
+        return 1
+
+    def sampling_description(self, sampling=None) -> dict[str, Any]:
+        steps = sampling.steps if sampling is not None and sampling.steps is not None else 1
+        return {"sampler": "blob", "steps": steps, "guidance_scale": None}
 
     @torch.no_grad()
-    def generate(self, conditions, num_images, generator=None, progress=False) -> Tensor:
+    def generate(self, conditions, num_images, *, generator=None, progress=False, sampling=None) -> Tensor:
+        self.received.append(sampling)
         generator = generator or torch.Generator().manual_seed(0)
         size = self.image_size
         images = torch.stack([
@@ -102,7 +125,7 @@ class BlobGenerator(GenerativeModule):
         return (images + self.noise * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
 
     @torch.no_grad()
-    def reconstruct(self, batch, generator=None) -> Tensor:
+    def reconstruct(self, batch, settings=None, *, generator=None, sampling=None) -> Tensor:
         noise = torch.randn(batch["image"].shape, generator=generator or torch.Generator().manual_seed(0))
         return (batch["image"] + self.recon_noise * noise).clamp(-1, 1)
 
@@ -115,6 +138,18 @@ class NoiseGenerator(GenerativeModule):
         self.anchor = torch.nn.Parameter(torch.zeros(1))
 
     @torch.no_grad()
-    def generate(self, conditions, num_images, generator=None, progress=False) -> Tensor:
+    def generate(self, conditions, num_images, *, generator=None, progress=False, sampling=None) -> Tensor:
         size = self.image_size
         return torch.randn(num_images, 3, size, size, generator=generator).clamp(-1, 1)
+
+
+class CopyGenerator(NoiseGenerator):
+    """Returns training images verbatim (a memorizing generator), cycling through the first ``count``."""
+
+    def __init__(self, data_info: DataInfo, images: Tensor) -> None:
+        super().__init__(data_info)
+        self.images = images
+
+    @torch.no_grad()
+    def generate(self, conditions, num_images, *, generator=None, progress=False, sampling=None) -> Tensor:
+        return self.images[torch.arange(num_images) % self.images.shape[0]]

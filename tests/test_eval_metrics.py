@@ -13,7 +13,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
-from evaluation.fid import frechet_distance, inception_score, kernel_inception_distance, precision_recall
+from evaluation.fid import frechet_distance, kernel_inception_distance, precision_recall
 from evaluation.groups import per_skin_tone
 from evaluation.memorization import memorization_report
 from evaluation.reconstruction import image_quality
@@ -25,10 +25,13 @@ def _features(seed: int, n: int = 300, d: int = 12, shift: float = 0.0, scale: f
 
 
 def test_schema_order_empty_and_atomic_write(tmp_path: Path) -> None:
-    assert METRIC_KEYS[:3] == ("exp", "data", "image_size") and METRIC_KEYS[-1] == "nfe" and len(METRIC_KEYS) == 24
+    assert METRIC_KEYS[:5] == ("exp", "data", "image_size", "seed", "eval_split") and len(METRIC_KEYS) == 30
+    assert METRIC_KEYS[-4:] == ("intervals", "floor", "provenance", "nulls") and METRIC_KEYS.index("fd_domain") == METRIC_KEYS.index("fid") + 1
     metrics = empty_metrics()
-    assert list(metrics) == list(METRIC_KEYS) and all(v is None for v in metrics.values())
-    metrics.update(fid=float("nan"), kid_mean=np.float32(0.5), seed=torch.tensor(3))
+    assert list(metrics) == list(METRIC_KEYS) and all(v is None for k, v in metrics.items() if k != "nulls")
+    metrics.update(fid=float("nan"), kid_mean=np.float32(0.5), seed=torch.tensor(3), eval_split="val")
+    metrics["nulls"].update({key: "not computed in this test" for key in ("fid", "fd_domain", "kid_std", "is_mean", "is_std", "precision",
+                             "recall", "ssim", "psnr", "reconstruction_protocol", "cond_accuracy", "memorization", "per_skin_tone", "floor")})
     path = write_metrics_json(tmp_path / "run" / "metrics.json", metrics)
     written = json.loads(path.read_text())
     assert list(written) == list(METRIC_KEYS)
@@ -37,13 +40,22 @@ def test_schema_order_empty_and_atomic_write(tmp_path: Path) -> None:
     assert read_metrics_json(path)["kid_mean"] == 0.5
 
 
-def test_schema_rejects_missing_and_unknown_keys(tmp_path: Path) -> None:
+def test_schema_rejects_missing_unknown_and_unexplained(tmp_path: Path) -> None:
     metrics = empty_metrics()
     del metrics["fid"]
     with pytest.raises(ValueError, match="missing \\['fid'\\]"):
         write_metrics_json(tmp_path / "m.json", metrics)
     with pytest.raises(ValueError, match="unknown \\['fidd'\\]"):
         write_metrics_json(tmp_path / "m.json", {**empty_metrics(), "fidd": 1.0})
+    # A null figure needs its reason; intervals are pairs; eval_split is val or test; provenance is complete.
+    with pytest.raises(ValueError, match="null without a reason in nulls: \\['fid'"):
+        write_metrics_json(tmp_path / "m.json", empty_metrics())
+    explained = {**empty_metrics(), "nulls": {key: "why" for key in METRIC_KEYS}}
+    write_metrics_json(tmp_path / "ok.json", explained)
+    for bad, message in (({"eval_split": "train"}, "eval_split"), ({"intervals": {"fid": [1.0]}}, "intervals must be"),
+                         ({"provenance": {"git": {}}}, "provenance lacks")):
+        with pytest.raises(ValueError, match=message):
+            write_metrics_json(tmp_path / "m.json", {**explained, **bad})
     assert not (tmp_path / "m.json").exists()
 
 
@@ -72,16 +84,6 @@ def test_kid_matches_its_definition() -> None:
     assert mean == pytest.approx(_poly_mmd_reference(real.double().numpy(), fake.double().numpy()), rel=1e-6)
     mean_same, _ = kernel_inception_distance(real, _features(4, n=120), subsets=20, subset_size=60)
     assert abs(mean_same) < 0.05 < mean
-
-
-def test_inception_score_matches_its_definition() -> None:
-    logits = torch.randn(64, 5, generator=torch.Generator().manual_seed(5)) * 2
-    p = logits.double().softmax(1)
-    reference = math.exp(float((p * (p.log() - p.mean(0, keepdim=True).log())).sum(1).mean()))
-    assert inception_score(logits, splits=1)[0] == pytest.approx(reference, rel=1e-6)
-    one_class = torch.zeros(64, 5)
-    one_class[:, 0] = 50
-    assert inception_score(one_class, splits=4)[0] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_precision_recall_sanity() -> None:
@@ -113,17 +115,22 @@ def test_ssim_psnr_match_scikit_image() -> None:
     assert same["ssim"] == pytest.approx(1.0, abs=1e-5) and math.isinf(same["psnr"]) or same["psnr"] > 80
 
 
-def test_memorization_flags_copies_not_noise(tmp_path: Path) -> None:
+def test_memorization_finds_a_planted_copy_and_no_held_out_copies() -> None:
     generator = torch.Generator().manual_seed(9)
-    train = torch.rand(64, 3, 16, 16, generator=generator) * 2 - 1
-    train_features = train.flatten(1)[:, :20]
-    copies = memorization_report(train[:10], train_features[:10], train, train_features, grid_path=tmp_path / "pairs.png", num_pairs=4)
-    assert copies["pixel"]["copy_rate"] == 1.0 and copies["feature"]["copy_rate"] == 1.0
-    assert copies["pixel"]["min"] == pytest.approx(0.0, abs=1e-5)
-    assert (tmp_path / "pairs.png").is_file()
-    fresh = torch.rand(10, 3, 16, 16, generator=generator) * 2 - 1
-    novel = memorization_report(fresh, fresh.flatten(1)[:, :20], train, train_features)
-    assert novel["pixel"]["copy_rate"] == 0.0 and novel["pixel"]["median"] > novel["pixel"]["threshold"]
+    train = torch.rand(200, 3, 16, 16, generator=generator) * 2 - 1
+    reference = {"pixels": (train.flatten(1) / math.sqrt(3 * 16 * 16)).half(), "features": train.flatten(1)[:, :20]}
+    held_out = torch.rand(50, 3, 16, 16, generator=generator) * 2 - 1
+    generated = torch.rand(30, 3, 16, 16, generator=generator) * 2 - 1
+    generated[7] = train[123]  # the planted copy
+    settings = {"pixel_size": 32, "threshold_ratio": 0.2}
+    report, distances, nearest_index = memorization_report(
+        generated, generated.flatten(1)[:, :20], held_out, held_out.flatten(1)[:, :20], reference, settings, "val"
+    )
+    assert report["copy_rate"] == pytest.approx(1 / 30) and report["test_copy_rate"] == 0.0
+    assert report["threshold"] == pytest.approx(0.2 * report["test_nn_distance_median"])
+    assert report["feature"]["copy_rate"] == pytest.approx(1 / 30) and report["feature"]["test_copy_rate"] == 0.0
+    assert int(nearest_index[7]) == 123 and float(distances[7]) == pytest.approx(0.0, abs=1e-6)
+    assert report["reference"] == "train split, un-augmented, 200 images"
 
 
 def test_per_skin_tone_groups_and_worst() -> None:

@@ -1,4 +1,4 @@
-"""The judge, the feature-extractor choice and the whole protocol on tiny blob data and fake generators."""
+"""The judge, the set-up and the whole protocol on tiny blob data and fake generators."""
 
 from __future__ import annotations
 
@@ -14,19 +14,22 @@ from evaluation.conditioning import confusion_by_head
 from evaluation.features import DomainFeatures, build_feature_extractor
 from evaluation.judge import load_or_train_judge
 from evaluation.protocol import evaluate_generator
+from evaluation.resources import prepare_evaluation
+from evaluation.sampling import SamplingSettings
 from evaluation.schema import METRIC_KEYS, write_metrics_json
 from experiments import CONFIG_DIR
 from models.classifier import batch_targets, head_sizes, train_classifier
-from tests.eval_fakes import BlobDataModule, BlobGenerator, NoiseGenerator
+from tests.eval_fakes import BlobDataModule, BlobGenerator, CopyGenerator, NoiseGenerator
 
 
 def tiny_eval_cfg(cache: Path, **overrides) -> OmegaConf:
-    """The real eval config, shrunk: 16 px blobs, a 10-epoch judge, small sample counts."""
+    """The real eval config, shrunk: 16 px blobs, a 10-epoch judge, small sample counts, domain features."""
     cfg = OmegaConf.load(CONFIG_DIR / "eval" / "default.yaml")
     cfg.merge_with({
-        "seed": 0, "cache_dir": str(cache), "progress": False, "num_generated": 64, "num_real": None, "batch_size": 32,
+        "seeds": [0], "cache_dir": str(cache), "progress": False, "num_generated": 64, "num_real": None, "batch_size": 32,
         "kid_subsets": 20, "kid_subset_size": 50, "num_recon": 16, "feature_extractor": "domain",
-        "judge": {"epochs": 10, "num_sanity_images": 128}, "memorization": {"num_train": 128},
+        "bootstrap": {"resamples": 100}, "heldout": {"num_generated": 32},
+        "judge": {"epochs": 10, "num_sanity_images": 128},
     })
     cfg.merge_with(overrides)
     return cfg
@@ -51,27 +54,24 @@ def test_classifier_training_is_deterministic_for_a_seed(blobs: BlobDataModule) 
 def test_judge_is_cached_and_reports_sanity(blobs: BlobDataModule, session_cache: Path) -> None:
     cfg = tiny_eval_cfg(session_cache)
     judge = load_or_train_judge(blobs, cfg.judge, session_cache)
-    assert judge.name.startswith("domain:test_resnet-")
+    assert judge.name.startswith("test_resnet-") and judge.trained_here in (True, False)
+    assert DomainFeatures(judge).name == f"domain:{judge.name}"
     assert set(judge.heads) == {"label", "attr:border", "skin_tone"}
     sanity = judge.sanity
-    assert sanity["test_accuracy"] > sanity["chance_accuracy"] + 0.2  # it learned the blobs
-    assert sanity["pure_noise_accuracy"] < sanity["test_accuracy"]
+    assert sanity["val_accuracy"] > sanity["chance_accuracy"] + 0.2  # it learned the blobs (read on the validation split)
+    assert sanity["pure_noise_accuracy"] < sanity["val_accuracy"]
     again = load_or_train_judge(blobs, cfg.judge, session_cache)  # from disk now
+    assert not again.trained_here
     images = blobs.test_set[0]["image"][None]
     assert torch.equal(judge.logits(images)["label"], again.logits(images)["label"])
 
 
-def test_missing_inception_weights_fall_back_to_domain_with_a_warning(blobs: BlobDataModule, session_cache: Path, monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
-    cfg = tiny_eval_cfg(session_cache, feature_extractor="auto")
-    judge = load_or_train_judge(blobs, cfg.judge, session_cache)
-    with pytest.warns(UserWarning, match="Inception weights not found"):
-        extractor = build_feature_extractor(cfg, lambda: judge)
-    assert isinstance(extractor, DomainFeatures) and extractor.name == judge.name
-    with pytest.raises(FileNotFoundError, match="eval.inception_weights"):
-        build_feature_extractor(tiny_eval_cfg(session_cache, feature_extractor="inception"), lambda: judge)
-    with pytest.raises(FileNotFoundError):
-        build_feature_extractor(tiny_eval_cfg(session_cache, feature_extractor="auto", inception_weights=str(tmp_path / "nope.pth")), lambda: judge)
+def test_unknown_feature_extractor_and_split_fail_clearly(blobs: BlobDataModule, session_cache: Path) -> None:
+    judge = load_or_train_judge(blobs, tiny_eval_cfg(session_cache).judge, session_cache)
+    with pytest.raises(ValueError, match="eval.feature_extractor must be one of inception, domain"):
+        build_feature_extractor("auto", judge)
+    with pytest.raises(ValueError, match="eval.split must be one of val, test"):
+        prepare_evaluation(blobs, tiny_eval_cfg(session_cache, split="train"))
 
 
 def test_protocol_fills_every_key_and_ranks_generators(blobs: BlobDataModule, session_cache: Path, tmp_path: Path) -> None:
@@ -80,68 +80,108 @@ def test_protocol_fills_every_key_and_ranks_generators(blobs: BlobDataModule, se
     good = evaluate_generator(BlobGenerator(blobs.info), blobs, cfg, tmp_path / "good", extra=extra)
     bad = evaluate_generator(NoiseGenerator(blobs.info), blobs, cfg, tmp_path / "bad", extra=extra)
     for metrics in (good, bad):
-        write_metrics_json(tmp_path / "metrics.json", metrics)  # validates the schema
+        write_metrics_json(tmp_path / "metrics.json", metrics)  # validates the schema, null reasons included
         assert metrics["feature_extractor"].startswith("domain:") and metrics["num_generated"] == 64
         assert metrics["train_steps"] == 5 and metrics["data"] == "blobs" and metrics["image_size"] == 16
+        assert metrics["eval_split"] == "val" and metrics["num_real"] == len(blobs.val_set)
     # A generator of the data itself beats noise on every figure.
     assert good["fid"] < bad["fid"] and good["kid_mean"] < bad["kid_mean"]
     assert good["precision"] > bad["precision"] and good["recall"] > bad["recall"]
-    # Figures a model cannot have are null; the others are computed.
-    none_for_bad = {"ssim", "psnr", "reconstruction_protocol", "cond_accuracy"}
-    assert all(bad[k] is None for k in none_for_bad)
-    assert all(good[k] is not None for k in METRIC_KEYS)
+    # Figures a model cannot have are null, each with its reason; the others are computed.
+    for key in ("ssim", "psnr", "reconstruction_protocol", "cond_accuracy"):
+        assert bad[key] is None and bad["nulls"][key]
+    assert good["is_mean"] is None and "no Inception Score" in good["nulls"]["is_mean"]
+    assert good["fd_domain"] is None and "feature space" in good["nulls"]["fd_domain"]  # fid is already the domain FD
+    assert all(good[k] is not None for k in METRIC_KEYS if k not in good["nulls"])
     assert good["reconstruction_protocol"] == "identity-plus-noise" and 0 < good["ssim"] < 1
-    cond = good["cond_accuracy"]
-    assert cond["fd"] == good["fid"] and cond["mean"] > cond["judge_sanity"]["chance_accuracy"]
-    assert set(cond["per_attribute"]) == {"label", "border", "skin_tone"}
     assert good["per_skin_tone"]["generated_tone_source"] == "condition"
     assert bad["per_skin_tone"]["generated_tone_source"] == "judge"
-    assert bad["memorization"]["pixel"]["copy_rate"] == 0.0
     for name in ("samples.png", "closest_pairs.png", "details.json", "by_class.png"):
         assert (tmp_path / "good" / "eval" / name).is_file()
     assert not (tmp_path / "bad" / "eval" / "by_class.png").exists()  # unconditional: no prompted diagnosis
+
+
+def test_intervals_floor_and_provenance(blobs: BlobDataModule, session_cache: Path, tmp_path: Path) -> None:
+    cfg = tiny_eval_cfg(session_cache, seeds=[0, 1])
+    metrics = evaluate_generator(BlobGenerator(blobs.info, noise=0.2), blobs, cfg, tmp_path, extra={"seed": 0}, budget="tiny")
+    intervals = metrics["intervals"]
+    for key in ("fid", "kid_mean", "precision", "recall"):
+        low, high = intervals[key]
+        assert low <= high and len(intervals["per_seed"][key]) == 2  # two evaluation seeds, aggregated
+        assert metrics[key] == pytest.approx(sum(intervals["per_seed"][key]) / 2)
+        assert intervals["seed_spread"][key] is not None
+    assert 0.0 <= intervals["fid"][0] and 0.0 <= intervals["precision"][0] <= intervals["precision"][1] <= 1.0
+    assert "bootstrap" in intervals["method"]
+    floor = metrics["floor"]
+    assert floor["n"] == 64 and "test" in floor["definition"] and "val" in floor["definition"]
+    assert 0 <= floor["fid"] < metrics["fid"]  # real vs real sits below noisy blobs
+    assert set(floor["intervals"]) == {"fid", "kid_mean", "precision", "recall"}
+    provenance = metrics["provenance"]
+    assert provenance["data_fingerprint"] == blobs.info.fingerprint and provenance["judge"] == metrics["cond_accuracy"]["judge"]
+    assert set(provenance["versions"]) >= {"python", "torch", "lightning", "diffusers", "transformers", "timm", "torchmetrics"}
+    assert provenance["git"]["commit"] and isinstance(provenance["git"]["dirty"], bool)
+    assert provenance["eval"]["split"] == "val" and provenance["eval"]["seeds"] == [0, 1] and provenance["eval"]["budget"] == "tiny"
+    assert provenance["eval"]["n"] == 64 and provenance["eval"]["sampler"] == "blob"
+    assert {"judge_s", "real_features_s"} <= set(provenance["setup"])
+    write_metrics_json(tmp_path / "metrics.json", metrics)
+
+
+def test_conditioning_accuracy_carries_its_references(blobs: BlobDataModule, session_cache: Path, tmp_path: Path) -> None:
+    cfg = tiny_eval_cfg(session_cache)
+    good = evaluate_generator(BlobGenerator(blobs.info), blobs, cfg, tmp_path / "good", extra={"seed": 0})
+    cond = good["cond_accuracy"]
+    assert set(cond["per_head"]) == {"diagnosis", "border", "skin_tone"}
+    diagnosis = cond["per_head"]["diagnosis"]
+    # The judge sees the diagnosis on real images; a perfect generator scores near that ceiling, far above the
+    # shuffled-prompt baseline and the majority rate.
+    assert diagnosis["ceiling_interval"][0] > diagnosis["chance"]
+    assert diagnosis["accuracy"] > diagnosis["shuffled"] + 0.3 and diagnosis["accuracy"] > diagnosis["chance"] + 0.3
+    low, high = diagnosis["interval"]
+    assert low <= diagnosis["accuracy"] <= high and good["intervals"]["cond_accuracy.diagnosis"] == [low, high]
+    assert cond["diagnosis"] == diagnosis["accuracy"] and cond["mean_visual"] is not None
+    # Per prompted diagnosis: Wilson intervals, counts adding up to the samples.
+    assert sum(c["n"] for c in cond["per_class"].values()) == 64
+    for stats in cond["per_class"].values():
+        assert stats["accuracy"] is None or stats["interval"][0] <= stats["accuracy"] <= stats["interval"][1]
+    # Held-out prompts: the same heads for unseen paraphrases and the held-out combination.
+    assert set(cond["heldout"]) == {"paraphrase", "combo"}
+    combo = cond["heldout"]["combo"]
+    assert combo["n"] == 32 and combo["per_head"]["diagnosis"]["chance"] == 1.0  # every combo prompt is "blue"
+    assert combo["per_head"]["diagnosis"]["accuracy"] > 0.8
     details = json.loads((tmp_path / "good" / "eval" / "details.json").read_text())
-    assert details["fd_floor"]["fid"] >= 0 and details["judge_sanity"]["test_accuracy"] > 0
-    # Per prompted diagnosis: the counts add up, and the count-weighted accuracies give the label accuracy.
-    by_class = details["cond_accuracy_by_class"]
-    assert set(by_class) == set(blobs.info.class_names) and sum(c["num_generated"] for c in by_class.values()) == 64
-    weighted = sum(c["accuracy"] * c["num_generated"] for c in by_class.values() if c["num_generated"]) / 64
-    assert weighted == pytest.approx(cond["per_attribute"]["label"])
-    # Each head's confusion table: rows are what was prompted, so a row's sum is that value's count and the
-    # diagonal holds the hits that make up the head's accuracy.
     confusion = details["cond_confusion"]
-    assert set(confusion) == set(cond["per_attribute"]) and confusion["label"]["values"] == list(blobs.info.class_names)
-    label_counts = torch.tensor(confusion["label"]["prompted_by_read"])
-    assert label_counts.sum(1).tolist() == [by_class[name]["num_generated"] for name in blobs.info.class_names]
-    for head, table in confusion.items():
-        counts = torch.tensor(table["prompted_by_read"])
-        assert counts.shape == (len(table["values"]), len(table["values"]))
-        assert (counts.trace() / counts.sum()).item() == pytest.approx(cond["per_attribute"][head]), head
+    assert set(confusion) == {"label", "border", "skin_tone"}
+    counts = torch.tensor(confusion["label"]["prompted_by_read"])
+    assert counts.sum() == 64 and (counts.trace() / counts.sum()).item() == pytest.approx(diagnosis["accuracy"])
+
+
+def test_sampling_settings_are_passed_in_not_set(blobs: BlobDataModule, session_cache: Path, tmp_path: Path) -> None:
+    model = BlobGenerator(blobs.info)
+    metrics = evaluate_generator(model, blobs, tiny_eval_cfg(session_cache, num_generated=32), tmp_path, sampling=SamplingSettings(steps=7))
+    assert model.received and all(s == SamplingSettings(steps=7) for s in model.received)
+    assert metrics["provenance"]["eval"]["steps"] == 7
 
 
 def test_protocol_is_reproducible_for_a_seed(blobs: BlobDataModule, session_cache: Path, tmp_path: Path) -> None:
-    cfg = tiny_eval_cfg(session_cache, num_generated=32)
-    first = evaluate_generator(BlobGenerator(blobs.info, noise=0.3), blobs, cfg, tmp_path / "a", extra={"seed": 1})
-    second = evaluate_generator(BlobGenerator(blobs.info, noise=0.3), blobs, cfg, tmp_path / "b", extra={"seed": 1})
-    for key in ("fid", "kid_mean", "precision", "recall", "is_mean", "ssim"):
+    cfg = tiny_eval_cfg(session_cache, num_generated=32, seeds=[1])
+    first = evaluate_generator(BlobGenerator(blobs.info, noise=0.3), blobs, cfg, tmp_path / "a")
+    second = evaluate_generator(BlobGenerator(blobs.info, noise=0.3), blobs, cfg, tmp_path / "b")
+    for key in ("fid", "kid_mean", "precision", "recall", "ssim", "intervals"):
         assert first[key] == second[key], key
     with pytest.raises(ValueError, match="outside the metrics.json schema"):
         evaluate_generator(BlobGenerator(blobs.info), blobs, cfg, tmp_path / "c", extra={"nonsense": 1})
 
 
-def test_fd_floor_subset_is_random_not_the_first_rows(monkeypatch) -> None:
-    """A split sorted by class (as HAM10000's metadata is) must not give a floor from one class only."""
-    import evaluation.protocol as protocol
-
-    g = torch.Generator().manual_seed(0)
-    classes = torch.arange(4).repeat_interleave(250)  # sorted: 250 rows of class 0, then class 1, ...
-    val = torch.randn(1000, 8, generator=g) + 3.0 * torch.nn.functional.one_hot(classes, 8).float()
-    test = torch.randn(1000, 8, generator=g) + 3.0 * torch.nn.functional.one_hot(torch.arange(4).repeat(250), 8).float()
-    monkeypatch.setattr(protocol, "collect", lambda *args, **kwargs: {"image": torch.zeros(1000, 3, 4, 4)})
-    monkeypatch.setattr(protocol, "real_features", lambda *args, **kwargs: (val, None))
-    floor = protocol.fd_floor(None, type("D", (), {"val_set": None})(), {"num_generated": 250}, test, progress=False)
-    first_rows = protocol.frechet_distance(test, val[:250])  # one class only: far from the test split
-    assert floor["num_generated"] == 250 and floor["fid_at_num_generated"] < first_rows / 5
+def test_memorization_finds_a_memorizing_generator(blobs: BlobDataModule, session_cache: Path, tmp_path: Path) -> None:
+    """Verbatim training images are copies; the real validation images (the baseline) are not."""
+    training = torch.stack([blobs.train_set[i]["image"] for i in range(20)])
+    cfg = tiny_eval_cfg(session_cache, num_generated=20)
+    copies = evaluate_generator(CopyGenerator(blobs.info, training), blobs, cfg, tmp_path / "copies")["memorization"]
+    assert copies["copy_rate"] == 1.0 and copies["nn_distance_median"] == pytest.approx(0.0, abs=1e-3)
+    assert copies["test_copy_rate"] == 0.0 and copies["test_nn_distance_median"] > copies["threshold"] > 0
+    assert copies["reference"] == f"train split, un-augmented, {len(blobs.train_set)} images"
+    noise = evaluate_generator(NoiseGenerator(blobs.info), blobs, cfg, tmp_path / "noise")["memorization"]
+    assert noise["copy_rate"] == 0.0
 
 
 def test_confusion_tables_count_prompted_against_read_values() -> None:

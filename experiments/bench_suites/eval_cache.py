@@ -4,7 +4,7 @@
     python -m experiments.bench eval eval.num_images=200 eval.judge_epochs=3
 
 The evaluation's fixed costs are real-set work: training the domain judge and extracting the
-features of the real test, validation and training subsets. Both are cached under
+features of the real evaluation and floor subsets and the training split (memorization). Both are cached under
 ``eval.cache_dir``. The suite runs the project's own protocol
 (``evaluation.protocol.evaluate_generator``) twice on the same ``num_images`` "generated" images
 with a fresh, empty cache folder: cold, then warm. The images are phantom training images with
@@ -34,7 +34,7 @@ import torch
 from omegaconf import open_dict
 
 import evaluation.judge
-import evaluation.protocol
+import evaluation.resources
 from datamodules.info import DataInfo
 from evaluation.data import collect
 from evaluation.protocol import evaluate_generator
@@ -62,22 +62,21 @@ class ReplayGenerator(GenerativeModule):
 def count_real_set_work() -> Iterator[Counter]:
     """Count judge trainings and real-set feature passes of the protocol while the block runs."""
     counts: Counter = Counter(judge_trainings=0, real_feature_passes=0)
-    extract, train_classifier = evaluation.protocol.extract, evaluation.judge.train_classifier
+    extract, train_classifier = evaluation.resources.extract, evaluation.judge.train_classifier
 
     def counted_extract(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("desc", "features") != "generated features":  # real_features() names its split
-            counts["real_feature_passes"] += 1
+        counts["real_feature_passes"] += 1  # the set-up's extraction is real-set work only
         return extract(*args, **kwargs)
 
     def counted_training(*args: Any, **kwargs: Any) -> Any:
         counts["judge_trainings"] += 1
         return train_classifier(*args, **kwargs)
 
-    evaluation.protocol.extract, evaluation.judge.train_classifier = counted_extract, counted_training
+    evaluation.resources.extract, evaluation.judge.train_classifier = counted_extract, counted_training
     try:
         yield counts
     finally:
-        evaluation.protocol.extract, evaluation.judge.train_classifier = extract, train_classifier
+        evaluation.resources.extract, evaluation.judge.train_classifier = extract, train_classifier
 
 
 def cache_files(root: Path) -> dict[str, int]:
@@ -128,7 +127,7 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
             "image_size": int(fakes.shape[-1]),
             "feature_extractor": metrics["feature_extractor"],
             "judge": {k: eval_cfg.judge[k] for k in ("arch", "epochs", "max_train_images")},
-            "memorization_num_train": eval_cfg.memorization.num_train,
+            "memorization_reference": "whole training split",
             "threads": torch.get_num_threads(),
             "images": f"phantom training images + N(0, {options['noise_std']}^2) noise, replayed (no generation cost)",
         },

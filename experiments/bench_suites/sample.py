@@ -12,12 +12,12 @@ Keys:
 - ``sample.s_per_image`` {...}: wall seconds per image over ``num_images`` (16) images, drawn in
   batches of ``eval.batch_size`` by the evaluation's own ``generate_shard``.
 - ``sample.dpm20_fd_over_ddpm1000``: FD(DPM-Solver++-20) / FD(DDPM-1000), each over ``fd_images``
-  (100) samples against the real test split in the domain judge's feature space (the evaluation's
-  cached judge and Fréchet distance). Target <= 1.10 at 50x fewer NFE (``sample.nfe_ratio``).
+  (100) samples against the real validation split in the domain judge's feature space (the
+  evaluation's cached judge, real features and Fréchet distance). Target <= 1.10 at 50x fewer NFE (``sample.nfe_ratio``).
   Both start from the same conditions and initial noise (same seeds). Needs a trained model
   (``ckpt=``, EMA weights); null otherwise.
-- ``sample.fd`` {...}: the two FDs; ``sample.fd_floor_at_n``: FD of ``fd_images`` real validation
-  images against the same test features. FD over 100 images is biased upward; this floor is what
+- ``sample.fd`` {...}: the two FDs; ``sample.fd_floor_at_n``: FD of ``fd_images`` real test
+  images against the same validation features (the evaluation's floor). FD over 100 images is biased upward; this floor is what
   a perfect generator would score at that n, so read the two FDs against it.
 """
 
@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
-from evaluation.data import collect
-from evaluation.features import build_feature_extractor, extract
+from evaluation.features import extract
 from evaluation.fid import frechet_distance
-from evaluation.protocol import generate_shard, real_features, shared_judge
+from evaluation.resources import prepare_evaluation
+from evaluation.sampling import generate_shard
 from experiments.bench_suites.common import (
     build_datamodule, compose_run_config, device, hydra_overrides, log, ratio, size_overrides,
 )
@@ -99,21 +99,19 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
     if trained:
         eval_cfg = cfg.eval.copy()
         with open_dict(eval_cfg):
-            eval_cfg.feature_extractor = "domain"  # the issue's figure: FD in the domain feature space
-        progress = bool(eval_cfg.get("progress", True))
-        judge = shared_judge(datamodule, eval_cfg, progress)
-        extractor = build_feature_extractor(eval_cfg, lambda: judge, model.device)
+            # the issue's figure: FD in the domain feature space, on the validation split (a tuning figure)
+            eval_cfg.feature_extractor, eval_cfg.split, eval_cfg.floor, eval_cfg.num_generated = "domain", "val", True, fd_images
+        resources = prepare_evaluation(datamodule, eval_cfg, model.device, bool(eval_cfg.progress))
+        extractor = resources.domain
         extractor_name = extractor.name
-        real = collect(datamodule.test_set, eval_cfg.get("num_real"), seed=0)
-        test_feats, _ = real_features(extractor, datamodule.test_set, "test", datamodule, eval_cfg, real["image"], progress)
+        real_feats = resources.real.features[extractor.name]
         for label, sampler, steps in (s for s in specs if s[0] in (dpm_label, ddpm_label)):
             started = time.perf_counter()
             log.info("sample: FD of %s over %d images, ~%.0f s", label, fd_images, s_per_image[label] * fd_images)
             images, _ = draw(model, datamodule, sampler, steps, fd_images, batch_size, seed)
-            fd[label] = round(frechet_distance(test_feats, extract(extractor, images, batch_size)[0]), 4)
+            fd[label] = round(frechet_distance(real_feats, extract(extractor, images, batch_size)), 4)
             log.info("sample: FD %s = %.3f (%.0f s)", label, fd[label], time.perf_counter() - started)
-        val = collect(datamodule.val_set, fd_images, seed=0)
-        floor = round(frechet_distance(test_feats, extract(extractor, val["image"], batch_size)[0]), 4)
+        floor = round(frechet_distance(real_feats, resources.floor.features[extractor.name]), 4)
 
     guided = getattr(model, "guidance_scale", 1.0) != 1.0 and getattr(model, "conditioning", "none") != "none"
     return {
