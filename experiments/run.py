@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from callbacks.checkpoint import AtomicCheckpointIO
-from callbacks.ema import find_ema
 from callbacks.health import FiniteLoss
 from callbacks.rng import RNGState
 from datamodules.atomic import remove_stale_temp_files
@@ -91,6 +89,14 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     return callbacks
 
 
+def provenance_yaml(datamodule: Any) -> str:
+    """config.yaml's ``provenance`` block: the code and packages the run started with, and its data."""
+    from evaluation.provenance import code_provenance
+
+    block = {"provenance": {**code_provenance(), "data_fingerprint": datamodule.info.fingerprint}}
+    return OmegaConf.to_yaml(OmegaConf.create(block))
+
+
 def train_seconds(trainer: L.Trainer) -> float:
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     return float(timer.time_elapsed("train")) if timer is not None else float("nan")
@@ -124,7 +130,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         output_dir.mkdir(parents=True, exist_ok=True)
         for stale in remove_stale_temp_files(output_dir) + remove_stale_temp_files(output_dir / "checkpoints"):
             log.info("Removed %s, left by an interrupted write", stale)
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True) + provenance_yaml(datamodule))
         for logger in trainer.loggers:
             logger.log_hyperparams(flat_config(cfg))
 
@@ -149,24 +155,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def evaluate_after_fit(
     cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule: Any, output_dir: Path
 ) -> dict[str, Any]:
-    """The final evaluation with the EMA weights; written to ``metrics.json`` by rank 0."""
-    from evaluation.protocol import evaluate_generator
-    from evaluation.schema import write_metrics_json
+    """The final evaluation (``callbacks.evaluate.final_evaluation``) on the saved checkpoint's weights."""
+    from callbacks.evaluate import final_evaluation
 
-    extra = {
-        "exp": cfg.exp_name,
-        "data": cfg.data.source,
-        "seed": int(cfg.seed),
-        "train_steps": int(trainer.global_step),
-        "train_time_s": round(train_seconds(trainer), 2),
-    }
-    ema = find_ema(trainer)
-    model.eval()
-    with torch.inference_mode(False), (ema.swapped(model) if ema is not None else nullcontext()):
-        metrics = evaluate_generator(model, datamodule, cfg.eval, output_dir, extra=extra)
-    if trainer.is_global_zero:
-        write_metrics_json(output_dir / "metrics.json", metrics)
-    return metrics
+    extra = {"exp": cfg.exp_name, "data": cfg.data.source, "seed": int(cfg.seed), "train_time_s": round(train_seconds(trainer), 2)}
+    checkpoint = output_dir / "checkpoints" / "last.ckpt"
+    return final_evaluation(
+        trainer, model, cfg.eval, output_dir, extra, budget=str(cfg.budget_name),
+        checkpoint=checkpoint if checkpoint.is_file() else None, overrides=command_overrides(),
+    )
+
+
+def command_overrides() -> list[str]:
+    """The Hydra overrides of this job (empty when ``run`` is called without Hydra)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def finish(trainer: L.Trainer, metrics: dict[str, Any], output_dir: Path) -> None:
