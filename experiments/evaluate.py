@@ -1,37 +1,42 @@
 """Evaluate a checkpoint, or any two image folders, into metrics.json.
 
-    python -m experiments.evaluate ckpt=runs/hybrid/2026-01-01_00-00-00/checkpoints/last.ckpt
+    python -m experiments.evaluate ckpt=runs/hybrid/2026-01-01_00-00-00/checkpoints/last.ckpt eval.split=test
     python -m experiments.evaluate real=DIR fake=DIR [out=DIR] [data=phantom] [eval.feature_extractor=domain]
 
 Settings: configs/evaluate.yaml, which holds the run config, so any run key can be overridden
-(``eval.num_generated=2000``, ``data.root=...``) and a typo fails listing the valid keys. With ``ckpt=``
-the run config stored in the checkpoint is the base and the overrides apply on top of it;
-``model.guidance_scale``, ``model.sampler.name`` and ``model.sampler.steps`` change how the checkpoint samples.
-Both modes write ``metrics.json`` (into ``out``, default: the run folder, or ``fake``) and print the
-metrics as one JSON object on the last line of stdout. Folder mode pairs files by name for
-SSIM/PSNR where both folders hold the same names; its domain features need ``data=`` (the data set
-whose training split the judge learns), else the Inception weights.
+(``eval.split=test``, ``eval.seeds=[0,1,2]``, ``eval.num_generated=2000``) and a typo fails listing the
+valid keys. With ``ckpt=`` the run config stored in the checkpoint is the base and the overrides apply
+on top of it; ``model.guidance_scale``, ``model.sampler.name`` and ``model.sampler.steps`` change how
+the checkpoint samples (passed to it as ``SamplingSettings``). A checkpoint's evaluation goes into a
+new folder, ``<run>/eval/<split>_<time>/`` or ``out=DIR``, never over a metrics.json (the run's own
+included); data whose fingerprint differs from the checkpoint's is refused. Folder mode writes into
+``out`` (default: ``fake``) and pairs files by name for SSIM/PSNR; its domain features need ``data=``
+(the data set whose training split the judge learns). Both modes print the metrics as one JSON object
+on the last line of stdout.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from evaluation.data import cache_root
 from evaluation.features import FeatureExtractor, build_feature_extractor, extract
-from evaluation.fid import all_figures, inception_score
+from evaluation.fid import distribution_figures
 from evaluation.judge import load_or_train_judge
-from evaluation.protocol import evaluate_generator
+from evaluation.protocol import NO_INCEPTION_SCORE, evaluate_generator
+from evaluation.provenance import code_provenance
 from evaluation.reconstruction import image_quality
+from evaluation.sampling import SamplingSettings
 from evaluation.schema import empty_metrics, read_metrics_json, write_metrics_json
 from experiments.command import command, task_overrides
 from experiments.compose import checkpoint_config, parse_overrides, with_checkpoint_data
@@ -60,77 +65,116 @@ def load_folder(folder: str | Path, size: int | None = None) -> tuple[list[str],
 
 
 def evaluate_folders(real_dir: str | Path, fake_dir: str | Path, eval_cfg: Any, extractor: FeatureExtractor, size: int | None = None) -> dict[str, Any]:
-    """FD, KID, IS, precision/recall between two folders; SSIM/PSNR over files present in both."""
+    """FD, KID, precision/recall between two folders; SSIM/PSNR over files present in both."""
     real_names, real = load_folder(real_dir, size)
     fake_names, fake = load_folder(fake_dir, real.shape[-1])
-    batch_size = int(eval_cfg.get("batch_size", 64))
-    real_feats, _ = extract(extractor, real, batch_size)
-    fake_feats, fake_logits = extract(extractor, fake, batch_size)
+    batch_size = int(eval_cfg["feature_batch_size"])
+    real_feats, fake_feats = extract(extractor, real, batch_size), extract(extractor, fake, batch_size)
     metrics = empty_metrics()
-    seed = int(eval_cfg.get("seed", 0))
+    seed = int(eval_cfg["seeds"][0])
     metrics.update(
-        exp="folders", data=str(real_dir), image_size=int(real.shape[-1]), seed=seed, num_real=len(real_names),
+        exp="folders", data=str(real_dir), image_size=int(real.shape[-1]), num_real=len(real_names),
         num_generated=len(fake_names), feature_extractor=extractor.name,
+        provenance={**code_provenance(), "data_fingerprint": None, "judge": None, "feature_extractors": [extractor.provenance()],
+                    "checkpoint": None, "eval": {"real": str(real_dir), "fake": str(fake_dir)}, "overrides": [], "setup": None},
     )
-    metrics.update(all_figures(real_feats, fake_feats, int(eval_cfg.get("kid_subsets", 100)), int(eval_cfg.get("kid_subset_size", 1000)), int(eval_cfg.get("pr_neighborhood", 3)), seed))
-    metrics["is_mean"], metrics["is_std"] = inception_score(fake_logits, int(eval_cfg.get("is_splits", 10)), seed)
+    metrics.update(distribution_figures(real_feats, fake_feats, int(eval_cfg["kid_subsets"]), int(eval_cfg["kid_subset_size"]), int(eval_cfg["pr_neighborhood"]), seed))
+    reason = "folder mode compares two image folders"
+    metrics["nulls"].update(is_mean=NO_INCEPTION_SCORE, is_std=NO_INCEPTION_SCORE, fd_domain=reason, cond_accuracy=f"{reason}: no prompts",
+                            memorization=f"{reason}: no training split", per_skin_tone=f"{reason}: no skin tones", floor=f"{reason}: no second real split")
     shared = sorted(set(real_names) & set(fake_names))
     if shared:
         real_index, fake_index = {n: i for i, n in enumerate(real_names)}, {n: i for i, n in enumerate(fake_names)}
         quality = image_quality(fake[[fake_index[n] for n in shared]], real[[real_index[n] for n in shared]])
         metrics.update(ssim=quality["ssim"], psnr=quality["psnr"], reconstruction_protocol=f"paired files ({len(shared)})")
+    else:
+        metrics["nulls"].update(dict.fromkeys(("ssim", "psnr", "reconstruction_protocol"), "no file name is in both folders"))
     return metrics
 
 
 SAMPLING_KEYS = {"model.guidance_scale": "guidance_scale", "model.sampler.name": "sampler", "model.sampler.steps": "steps"}
 
 
-def apply_sampling_overrides(model: Any, overrides: list[str]) -> None:
-    """``model.guidance_scale`` / ``model.sampler.name`` / ``model.sampler.steps`` act on the loaded model.
+def sampling_settings(overrides: list[str]) -> SamplingSettings:
+    """``model.guidance_scale`` / ``model.sampler.name`` / ``model.sampler.steps`` as the settings the model samples with.
 
     Other ``model.*`` keys would need retraining: they fail instead of being silently ignored.
     """
-    from experiments.generate import apply_sampling_settings
+    from models.diffusion import sampler_name
 
-    settings: dict[str, Any] = dict.fromkeys(SAMPLING_KEYS.values())
+    found: dict[str, Any] = {}
     for override in parse_overrides(overrides):
         key = override.key_or_group
         if key in SAMPLING_KEYS:
-            settings[SAMPLING_KEYS[key]] = override.value()
+            found[SAMPLING_KEYS[key]] = override.value()
         elif key.startswith("model."):
             raise ValueError(f"{key}: a trained checkpoint's model cannot change; only {', '.join(SAMPLING_KEYS)} can")
-    apply_sampling_settings(model, settings["guidance_scale"], settings["sampler"], settings["steps"])  # cast to the model's types
+    return SamplingSettings(
+        sampler=sampler_name(str(found["sampler"])) if found.get("sampler") is not None else None,
+        steps=int(found["steps"]) if found.get("steps") is not None else None,
+        guidance_scale=float(found["guidance_scale"]) if found.get("guidance_scale") is not None else None,
+    )
+
+
+def evaluation_folder(ckpt: str | Path, out: str | Path | None, split: str) -> Path:
+    """``out`` or a new ``<run>/eval/<split>_<time>/``; refuses a folder that already holds a metrics.json."""
+    if out is None:
+        run_dir = Path(ckpt).resolve().parent.parent
+        out = run_dir / "eval" / f"{split}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    out = Path(out)
+    if (out / "metrics.json").exists():
+        raise FileExistsError(f"{out / 'metrics.json'} exists: an evaluation never overwrites one; give another out=DIR")
+    return out
+
+
+def check_data(checkpoint: dict[str, Any], datamodule: Any, data_cfg: Any) -> None:
+    """Refuse data whose fingerprint differs from the data the checkpoint was trained and validated on."""
+    trained = (checkpoint.get("data_info") or {}).get("fingerprint")
+    if trained and datamodule.info.fingerprint != trained:
+        stored = ((checkpoint.get("dermsynth_config") or {}).get("data")) or {}
+        current = OmegaConf.to_container(data_cfg, resolve=True)
+        differing = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        raise ValueError(
+            f"data fingerprint {datamodule.info.fingerprint} differs from the checkpoint's {trained} "
+            f"(data keys that differ from the checkpoint's config: {differing or 'none: the files on disk changed'}); "
+            "its validation and test splits would not be the ones the run held out"
+        )
 
 
 def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any], Path]:
-    """The checkpoint's generator under its stored run config with ``overrides`` on top."""
+    """The checkpoint's generator under its stored run config with ``overrides`` on top, into a new folder."""
     checkpoint = read_checkpoint(cfg.ckpt)
     run_cfg = checkpoint_config(stored_config(checkpoint, cfg.ckpt), overrides, "evaluate", OWN_KEYS)
+    out = evaluation_folder(cfg.ckpt, cfg.out, str(run_cfg.eval.split))
+    sampling = sampling_settings(overrides)
     model = load_generator(cfg.ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu")
-    apply_sampling_overrides(model, overrides)
     datamodule = build_stored_datamodule(run_cfg.data, f"{cfg.ckpt}: dermsynth_config.data")
-    out = Path(cfg.out or Path(cfg.ckpt).resolve().parent.parent)
-    previous = read_metrics_json(out / "metrics.json") if (out / "metrics.json").is_file() else {}
+    check_data(checkpoint, datamodule, run_cfg.data)
+    run_metrics = Path(cfg.ckpt).resolve().parent.parent / "metrics.json"
+    previous = read_metrics_json(run_metrics) if run_metrics.is_file() else {}
     extra = {
         "exp": run_cfg.get("exp_name"), "data": run_cfg.data.get("source"), "seed": int(run_cfg.get("seed", 0)),
         "train_steps": int(checkpoint.get("global_step", 0)), "train_time_s": previous.get("train_time_s"),
     }
-    return evaluate_generator(model, datamodule, run_cfg.eval, out, extra=extra), out
+    metrics = evaluate_generator(
+        model, datamodule, run_cfg.eval, out, extra=extra, sampling=sampling,
+        checkpoint=cfg.ckpt, overrides=overrides, budget=run_cfg.get("budget_name"),
+    )
+    return metrics, out
 
 
 def evaluate_two_folders(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any], Path]:
     """FD and the other figures between ``cfg.real`` and ``cfg.fake``; domain features need ``data=``."""
     has_data = any(o.key_or_group == "data" for o in parse_overrides(overrides))
-
-    def judge():
-        if not has_data:
-            raise ValueError("domain features need data=<source> (the judge learns its training split), or give eval.inception_weights=PATH")
+    if cfg.eval.feature_extractor == "domain" and not has_data:
+        raise ValueError("domain features need data=<source> (the judge learns its training split), or use eval.feature_extractor=inception")
+    judge = None
+    if has_data:
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         datamodule.setup()
-        return load_or_train_judge(datamodule, cfg.eval.judge, cache_root(cfg.eval), progress=True)
-
-    extractor = build_feature_extractor(cfg.eval, judge)
+        judge = load_or_train_judge(datamodule, cfg.eval.judge, cache_root(cfg.eval), progress=True)
+    extractor = build_feature_extractor(cfg.eval.feature_extractor, judge)
     # Domain features are only valid at the size the judge learned; Inception resizes itself.
     size = cfg.size or (cfg.data.image_size if has_data else None)
     metrics = evaluate_folders(cfg.real, cfg.fake, cfg.eval, extractor, int(size) if size else None)

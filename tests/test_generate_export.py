@@ -92,19 +92,22 @@ def test_export_loads_with_plain_diffusers(model: HybridDiffusion, tmp_path: Pat
     assert (out / "fusion" / "fusion.safetensors").is_file() and (out / "README.md").read_text().startswith("# DermSynth")
     modes = {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*.safetensors")}
     assert modes == {umask_file_mode()}, modes  # safetensors' own writer makes 0600 files
+    notice = (out / "NOTICE").read_text()
+    assert "research use only, not for diagnosis" in notice and "Training data licence" in notice
+    assert "not for diagnosis" in (out / "README.md").read_text() and "licence" in (out / "README.md").read_text()
 
 
-def test_evaluate_sampling_overrides_act_on_the_loaded_model(model: HybridDiffusion) -> None:
-    from experiments.evaluate import apply_sampling_overrides
+def test_evaluate_sampling_overrides_become_the_settings_the_model_samples_with(model: HybridDiffusion) -> None:
+    from evaluation.sampling import SamplingSettings
+    from experiments.evaluate import sampling_settings
 
     before = (model.guidance_scale, model.sampler_name, model.sampler_steps)
-    try:
-        apply_sampling_overrides(model, ["model.guidance_scale=4.5", "model.sampler.name=dpm++", "model.sampler.steps=7", "eval.seed=1"])
-        assert (model.guidance_scale, model.sampler_name, model.sampler_steps) == (4.5, "dpm_solver++", 7)
-        with pytest.raises(ValueError, match="model.optimizer.lr: a trained checkpoint's model cannot change"):
-            apply_sampling_overrides(model, ["model.optimizer.lr=1"])
-    finally:
-        model.guidance_scale, model.sampler_name, model.sampler_steps = before
+    settings = sampling_settings(["model.guidance_scale=4.5", "model.sampler.name=dpm++", "model.sampler.steps=7", "eval.seeds=[1]"])
+    assert settings == SamplingSettings(sampler="dpm_solver++", steps=7, guidance_scale=4.5)
+    assert (model.guidance_scale, model.sampler_name, model.sampler_steps) == before  # passed in, never set on the model
+    assert sampling_settings(["eval.split=test"]) == SamplingSettings()
+    with pytest.raises(ValueError, match="model.optimizer.lr: a trained checkpoint's model cannot change"):
+        sampling_settings(["model.optimizer.lr=1"])
 
 
 def test_captioned_grid_has_one_row_per_prompt(model: HybridDiffusion, tmp_path: Path) -> None:
