@@ -1,12 +1,15 @@
-"""The comparison table of every run under a folder: report.md, report.csv and plots/.
+"""The comparison tables of every run under a folder: report.md, report.csv and plots/.
 
     python -m experiments.report runs/
 
-Reads every ``metrics.json`` below the folder (a runs folder or a Hydra sweep), groups runs by
-``exp`` and gives mean ± std over seeds, in the form of the paper's Table 2. "—" marks figures a
-model cannot have. The floor (FD between the real validation and test splits) heads the table so
-a reader sees what "close to real" means. ``downstream.json`` files written by
-``experiments.augment`` beside a run's metrics.json add the downstream gain.
+Reads every ``metrics.json`` below the folder (runs, Hydra sweeps, ``eval/<name>/`` re-evaluations)
+and groups them by a comparability key: data fingerprint, feature extractor, evaluation split,
+number of generated samples, judge and budget. Figures from different keys do not compare (another
+feature space, another real set, another n), so each key gets its own table, headed by the key,
+and nothing is ever averaged across keys. Within a table, one row per ``exp``: the mean over its
+runs (training seeds) ± their standard deviation, and in brackets the mean of the runs' 95%
+bootstrap intervals. The floor (real-vs-real at the same n) stands beside every table. "—" marks
+figures a model cannot have. ``downstream.json`` files of ``experiments.augment`` add the downstream gain.
 """
 
 from __future__ import annotations
@@ -30,59 +33,81 @@ from evaluation.schema import read_metrics_json  # noqa: E402
 from experiments.command import command  # noqa: E402
 
 DASH = "—"
-# (column title, how to read the figure from a run, digits)
-COLUMNS: list[tuple[str, str, int]] = [
-    ("FD", "fid", 2),
-    ("KID ×10³", "kid_mean_x1000", 2),
-    ("IS", "is_mean", 2),
-    ("SSIM", "ssim", 3),
-    ("PSNR (dB)", "psnr", 2),
-    ("precision", "precision", 3),
-    ("recall", "recall", 3),
-    ("cond. acc.", "cond_accuracy_mean", 3),
-    ("copy rate", "copy_rate", 3),
-    ("worst tone FD", "worst_tone_fd", 2),
-    ("downstream Δacc (pp)", "downstream_gain_pp", 2),
-    ("train time (s)", "train_time_s", 0),
-    ("s / image", "sample_time_s_per_image", 4),
-    ("NFE", "nfe", 0),
+KEY_FIELDS = ("data_fingerprint", "feature_extractor", "eval_split", "num_generated", "judge", "budget")
+# (column title, figure key, interval key in metrics.json intervals (or None), digits, scale)
+COLUMNS: list[tuple[str, str, str | None, int, float]] = [
+    ("FID", "fid", "fid", 2, 1.0),
+    ("FD domain", "fd_domain", "fd_domain", 3, 1.0),
+    ("KID ×10³", "kid_mean", "kid_mean", 2, 1000.0),
+    ("precision", "precision", "precision", 3, 1.0),
+    ("recall", "recall", "recall", 3, 1.0),
+    ("SSIM", "ssim", None, 3, 1.0),
+    ("PSNR (dB)", "psnr", None, 2, 1.0),
+    ("diagnosis acc.", "diagnosis", "cond_accuracy.diagnosis", 3, 1.0),
+    ("visual acc.", "mean_visual", "cond_accuracy.mean_visual", 3, 1.0),
+    ("copy rate", "copy_rate", None, 3, 1.0),
+    ("worst tone FD", "worst_tone_fd", None, 2, 1.0),
+    ("downstream Δacc (pp)", "downstream_gain_pp", None, 2, 1.0),
+    ("train time (s)", "train_time_s", None, 0, 1.0),
+    ("s / image", "sample_time_s_per_image", None, 4, 1.0),
+    ("NFE", "nfe", None, 0, 1.0),
 ]
 
 
-def figures_of(run_dir: Path, metrics: dict[str, Any]) -> dict[str, float | None]:
-    """The table's figures for one run (flattening the nested metrics.json entries)."""
-    def nested(key: str, *path: str) -> float | None:
-        value: Any = metrics.get(key)
-        for part in path:
-            value = value.get(part) if isinstance(value, dict) else None
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def comparability_key(metrics: dict[str, Any]) -> tuple[Any, ...]:
+    """What must be equal for two runs' figures to compare (``KEY_FIELDS``, in order)."""
+    provenance = metrics.get("provenance") or {}
+    judge = provenance.get("judge") or (metrics.get("cond_accuracy") or {}).get("judge")
+    budget = (provenance.get("eval") or {}).get("budget")
+    return (provenance.get("data_fingerprint"), metrics.get("feature_extractor"), metrics.get("eval_split"),
+            metrics.get("num_generated"), judge, budget)
 
-    figures = {key: nested(key) for _, key, _ in COLUMNS if key in metrics}
-    figures["kid_mean_x1000"] = None if metrics.get("kid_mean") is None else 1000 * metrics["kid_mean"]
-    figures["cond_accuracy_mean"] = nested("cond_accuracy", "mean")
-    figures["copy_rate"] = nested("memorization", "feature", "copy_rate")
-    figures["worst_tone_fd"] = nested("per_skin_tone", "worst_fid")
+
+def describe_key(key: tuple[Any, ...]) -> str:
+    return ", ".join(f"{name} `{value}`" for name, value in zip(KEY_FIELDS, key))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def figures_of(run_dir: Path, metrics: dict[str, Any]) -> dict[str, tuple[float | None, list[float] | None]]:
+    """Each column's (value, interval) for one run, scaled for display."""
+    cond = metrics.get("cond_accuracy") or {}
+    memorization = metrics.get("memorization") or {}
     downstream = run_dir / "downstream.json"
     gain = json.loads(downstream.read_text()).get("summary", {}).get("delta_accuracy_mean") if downstream.is_file() else None
-    figures["downstream_gain_pp"] = None if gain is None else 100 * gain
-    return figures
+    values = {
+        **{key: metrics.get(key) for _, key, _, _, _ in COLUMNS if key in metrics},
+        "diagnosis": cond.get("diagnosis"), "mean_visual": cond.get("mean_visual", cond.get("mean")),
+        "copy_rate": memorization.get("copy_rate", (memorization.get("feature") or {}).get("copy_rate")),
+        "worst_tone_fd": (metrics.get("per_skin_tone") or {}).get("worst_fid"),
+        "downstream_gain_pp": None if gain is None else 100 * gain,
+    }
+    intervals = metrics.get("intervals") or {}
+    out = {}
+    for _, key, interval_key, _, scale in COLUMNS:
+        value = _number(values.get(key))
+        interval = intervals.get(interval_key) if interval_key else None
+        out[key] = (None if value is None else value * scale, None if not interval else [v * scale for v in interval])
+    return out
 
 
 def collect_runs(root: Path) -> list[dict[str, Any]]:
     runs = []
     for path in sorted(root.rglob("metrics.json")):
         metrics = read_metrics_json(path)
-        details_path = path.parent / "eval" / "details.json"
-        details = json.loads(details_path.read_text()) if details_path.is_file() else {}
         runs.append({
             "dir": path.parent, "metrics": metrics, "figures": figures_of(path.parent, metrics),
-            "details": details, "ablation": ablation_of(path.parent),
+            "ablation": ablation_of(path.parent), "key": comparability_key(metrics),
         })
     return runs
 
 
 def ablation_of(run_dir: Path) -> str | None:
-    """The ablation study a run belongs to (``ablation:`` in its config.yaml), or None."""
+    """The ablation study a run belongs to (``ablation:`` in its config.yaml; a re-evaluation's is its run's), or None."""
+    if run_dir.parent.name == "eval":  # <run>/eval/<name>/: an experiments.evaluate folder
+        run_dir = run_dir.parent.parent
     config = run_dir / "config.yaml"
     if not config.is_file():
         return None
@@ -99,35 +124,70 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None, in
     return mean, std, len(known)
 
 
-def cell(mean: float | None, std: float | None, count: int, digits: int) -> str:
+def cell(stats: dict[str, Any], digits: int) -> str:
+    """``mean ± std [low, high]`` (± only over several runs, brackets only with intervals)."""
+    mean, std, count = stats["value"]
     if mean is None:
         return DASH
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if count > 1 else f"{mean:.{digits}f}"
+    text = f"{mean:.{digits}f} ± {std:.{digits}f}" if count > 1 else f"{mean:.{digits}f}"
+    low, high = stats["interval"]
+    return text + (f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None else "")
 
 
 def group_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per ``exp``: mean ± std of every column over its runs (seeds)."""
+    """One row per ``exp`` over runs that share one comparability key; mixed keys are refused."""
+    keys = {run["key"] for run in runs}
+    if len(keys) > 1:
+        raise ValueError(f"runs with different comparability keys cannot be averaged: {sorted(map(str, keys))}")
     by_exp: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         by_exp[str(run["metrics"].get("exp") or run["dir"].name)].append(run)
     rows = []
     for exp, group in sorted(by_exp.items()):
-        row = {"exp": exp, "seeds": sorted({r["metrics"].get("seed") for r in group}, key=str), "runs": len(group)}
-        for _, key, _ in COLUMNS:
-            row[key] = mean_std([r["figures"].get(key) for r in group])
-        row["feature_extractor"] = sorted({str(r["metrics"].get("feature_extractor")) for r in group})
+        row: dict[str, Any] = {"exp": exp, "seeds": sorted({r["metrics"].get("seed") for r in group}, key=str), "runs": len(group)}
+        for _, key, _, _, _ in COLUMNS:
+            intervals = [r["figures"][key][1] for r in group if r["figures"][key][1] is not None]
+            row[key] = {
+                "value": mean_std([r["figures"][key][0] for r in group]),
+                "interval": (mean_std([i[0] for i in intervals])[0], mean_std([i[1] for i in intervals])[0]) if intervals else (None, None),
+            }
         rows.append(row)
     return rows
 
 
 def table_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| exp | seeds | " + " | ".join(title for title, _, _ in COLUMNS) + " |",
+        "| exp | seeds | " + " | ".join(title for title, *_ in COLUMNS) + " |",
         "|---|---|" + "---|" * len(COLUMNS),
     ]
     for row in rows:
-        cells = [cell(*row[key], digits) for _, key, digits in COLUMNS]
+        cells = [cell(row[key], digits) for _, key, _, digits, _ in COLUMNS]
         lines.append(f"| {row['exp']} | {','.join(map(str, row['seeds']))} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def floor_line(runs: list[dict[str, Any]]) -> str:
+    """The real-vs-real floor of a group (the runs' own ``floor`` entries, which share the real set and n)."""
+    floors = [r["metrics"]["floor"] for r in runs if isinstance(r["metrics"].get("floor"), dict)]
+    if not floors:
+        return "Floor: not recorded by these runs."
+    parts = []
+    for title, key, _, digits, scale in COLUMNS[:5]:
+        values = [f[key] * scale for f in floors if _number(f.get(key)) is not None]
+        if values:
+            intervals = [(f.get("intervals") or {}).get(key) for f in floors]
+            known = [i for i in intervals if i]
+            bracket = f" [{sum(i[0] for i in known) / len(known) * scale:.{digits}f}, {sum(i[1] for i in known) / len(known) * scale:.{digits}f}]" if known else ""
+            parts.append(f"{title} {sum(values) / len(values):.{digits}f}{bracket}")
+    return f"Floor ({floors[0].get('definition', 'real vs real')}): " + "; ".join(parts) + "."
+
+
+def section_lines(index: int, key: tuple[Any, ...], runs: list[dict[str, Any]]) -> list[str]:
+    """One comparability group: its key, its floor, the main table and one table per ablation study."""
+    main = [r for r in runs if r["ablation"] is None] or runs
+    lines = [f"## Table {index}: {describe_key(key)}", "", floor_line(runs), "", *table_lines(group_rows(main))]
+    for study in sorted({r["ablation"] for r in runs if r["ablation"] is not None}):
+        lines += ["", f"### Ablation: {study}", "", *table_lines(group_rows([r for r in runs if r["ablation"] == study]))]
     return lines
 
 
@@ -137,61 +197,62 @@ def build_report(root: str | Path) -> Path:
     runs = collect_runs(root)
     if not runs:
         raise FileNotFoundError(f"no metrics.json under {root}")
-    rows = group_rows([r for r in runs if r["ablation"] is None] or runs)
-    extractors = sorted({e for row in rows for e in row["feature_extractor"]})
-    floors = [r["details"]["fd_floor"]["fid"] for r in runs if isinstance(r["details"].get("fd_floor"), dict)]
-    floor = mean_std(floors)
-    at_n = [(r["details"]["fd_floor"]["fid_at_num_generated"], r["details"]["fd_floor"]["num_generated"]) for r in runs
-            if isinstance(r["details"].get("fd_floor"), dict) and "fid_at_num_generated" in r["details"]["fd_floor"]]
-    sizes = sorted({n for _, n in at_n})
-    floor_at_n = (
-        f" With {sizes[0]} real images, as many as each run generated: **{cell(*mean_std([f for f, _ in at_n]), 2)}**"
-        " (FD is biased upward at small n)." if len(sizes) == 1 else ""
-    )
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[run["key"]].append(run)
+    ordered = sorted(groups.items(), key=lambda item: str(item[0]))
     lines = [
-        f"# DermSynth comparison ({len(runs)} runs, {len(rows)} experiments)",
+        f"# DermSynth comparison ({len(runs)} runs, {len(ordered)} comparable group{'s' if len(ordered) > 1 else ''})",
         "",
-        f"Feature space of FD/KID/precision/recall: {', '.join(f'`{e}`' for e in extractors)}"
-        + (" — **mixed: FD values across these do not compare**" if len(extractors) > 1 else "") + ".",
-        f"Floor (FD real validation vs real test, same features): **{cell(*floor, 2)}** — no model can be expected to go below it." + floor_at_n,
-        "Mean ± std over seeds; — = the model cannot have this figure. Cond. acc. is judged by the domain classifier"
-        " and only means something beside its FD.",
-        "",
-        *table_lines(rows),
+        "Runs compare only within a table: each table shares the data, feature extractor, evaluation split, number of "
+        "samples, judge and budget named in its heading. Cells: mean ± std over runs (training seeds), then the mean 95% "
+        "bootstrap interval in brackets (basic bootstrap: it targets the population value, so for FD, biased upward at "
+        "small n, it lies below the point value). — = the model cannot have this figure. The floor is real images against "
+        "real images at the same n: no model is expected to beat it.",
     ]
-    studies = sorted({r["ablation"] for r in runs if r["ablation"] is not None})
-    for study in studies:
-        lines += ["", f"## Ablation: {study}", "", *table_lines(group_rows([r for r in runs if r["ablation"] == study]))]
-    rows = group_rows(runs)
     plot_dir = root / "plots"
-    plots = make_plots(rows, runs, plot_dir)
+    plots: list[Path] = []
+    for index, (key, group) in enumerate(ordered, start=1):
+        lines += ["", *section_lines(index, key, group)]
+        suffix = "" if len(ordered) == 1 else f"_table{index}"
+        plots += make_plots(group_rows([r for r in group if r["ablation"] is None] or group), group, plot_dir, suffix)
     lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     report = root / "report.md"
     report.write_text("\n".join(lines) + "\n")
-
-    with open(root / "report.csv", "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["exp", "runs", "seeds", "feature_extractor"] + [f"{k}_{s}" for _, k, _ in COLUMNS for s in ("mean", "std")])
-        for row in rows:
-            values = [v for _, k, _ in COLUMNS for v in row[k][:2]]
-            writer.writerow([row["exp"], row["runs"], " ".join(map(str, row["seeds"])), " ".join(row["feature_extractor"])]
-                            + ["" if v is None else v for v in values])
+    write_csv(root / "report.csv", ordered)
     return report
 
 
-def make_plots(rows: list[dict[str, Any]], runs: list[dict[str, Any]], plot_dir: Path) -> list[Path]:
-    """A bar chart per metric (error bars = std over seeds), FD vs training steps, FD vs sampler steps (NFE)."""
+def write_csv(path: Path, groups: list[tuple[tuple[Any, ...], list[dict[str, Any]]]]) -> None:
+    """One row per (comparability key, exp): the key's fields, then mean, std, interval bounds per column."""
+    stats = ("mean", "std", "low", "high")
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow([*KEY_FIELDS, "exp", "ablation", "runs", "seeds"] + [f"{k}_{s}" for _, k, *_ in COLUMNS for s in stats])
+        for key, runs in groups:
+            for study in sorted({r["ablation"] for r in runs}, key=str):
+                for row in group_rows([r for r in runs if r["ablation"] == study]):
+                    values = [v for _, k, *_ in COLUMNS for v in (*row[k]["value"][:2], *row[k]["interval"])]
+                    writer.writerow([*key, row["exp"], study or "", row["runs"], " ".join(map(str, row["seeds"]))]
+                                    + ["" if v is None else v for v in values])
+
+
+def make_plots(rows: list[dict[str, Any]], runs: list[dict[str, Any]], plot_dir: Path, suffix: str) -> list[Path]:
+    """A bar chart per metric (error bars: the mean interval), FD vs training steps, FD vs sampler steps (NFE)."""
     plot_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for title, key, _ in COLUMNS:
-        present = [(row["exp"], row[key][0], row[key][1]) for row in rows if row[key][0] is not None]
+    for title, key, *_ in COLUMNS:
+        present = [(row["exp"], row[key]) for row in rows if row[key]["value"][0] is not None]
         if not present:
             continue
         figure, axis = plt.subplots(figsize=(1.2 + 0.9 * len(present), 3.2))
-        axis.bar([p[0] for p in present], [p[1] for p in present], yerr=[p[2] for p in present], capsize=4, color="#4c72b0")
+        means = [stats["value"][0] for _, stats in present]
+        errors = [[max(0.0, m - (s["interval"][0] if s["interval"][0] is not None else m)) for m, (_, s) in zip(means, present)],
+                  [max(0.0, (s["interval"][1] if s["interval"][1] is not None else m) - m) for m, (_, s) in zip(means, present)]]
+        axis.bar([exp for exp, _ in present], means, yerr=errors, capsize=4, color="#4c72b0")
         axis.set_title(title)
         axis.tick_params(axis="x", rotation=30)
-        written.append(_save(figure, plot_dir / f"bar_{key}.png"))
+        written.append(_save(figure, plot_dir / f"bar_{key}{suffix}.png"))
     for x_key, name, label in (("train_steps", "fd_vs_train_steps", "training steps"), ("nfe", "fd_vs_sampler_steps", "sampler steps (NFE)")):
         figure, axis = plt.subplots(figsize=(5, 3.5))
         by_exp: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -199,19 +260,17 @@ def make_plots(rows: list[dict[str, Any]], runs: list[dict[str, Any]], plot_dir:
             m = run["metrics"]
             if m.get(x_key) is not None and m.get("fid") is not None:
                 by_exp[str(m.get("exp"))].append((m[x_key], m["fid"]))
-        curves = _val_fd_curves(runs) if x_key == "train_steps" else {}
-        palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        colour = {exp: palette[k % len(palette)] for k, exp in enumerate(sorted(set(by_exp) | set(curves)))}  # one per exp
         for exp, points in sorted(by_exp.items()):
             points.sort()
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colour[exp], label=exp)
-        for exp, points in sorted(curves.items()):
-            axis.plot([p[0] for p in points], [p[1] for p in points], alpha=0.5, linestyle="--", color=colour[exp], label=f"{exp} (val/fd)")
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=exp)
+        if x_key == "train_steps":
+            for exp, points in sorted(_val_fd_curves(runs).items()):  # val/fd may sit in another feature space
+                axis.plot([p[0] for p in points], [p[1] for p in points], alpha=0.5, linestyle="--", label=f"{exp} (val/fd)")
         axis.set_xlabel(label)
-        axis.set_ylabel("FD")
+        axis.set_ylabel("FID")
         if by_exp:
             axis.legend(fontsize=7)
-        written.append(_save(figure, plot_dir / f"{name}.png"))
+        written.append(_save(figure, plot_dir / f"{name}{suffix}.png"))
     return written
 
 

@@ -1,4 +1,4 @@
-"""The report: mean ± std over seeds per exp, "—" for figures a model cannot have, csv and plots."""
+"""The report: one table per comparability key, mean ± std over seeds per exp with intervals, the floor, csv and plots."""
 
 from __future__ import annotations
 
@@ -8,23 +8,30 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.schema import empty_metrics, write_metrics_json
-from experiments.report import build_report
+from evaluation.schema import METRIC_KEYS, empty_metrics, write_metrics_json
+from experiments.report import build_report, collect_runs, group_rows
 
 
-def _run(root: Path, exp: str, seed: int, fid: float, ssim: float | None, cond: float | None) -> None:
+def _run(root: Path, exp: str, seed: int, fid: float, ssim: float | None, cond: float | None, extractor: str = "inception-v3-compat",
+         folder: str | None = None) -> Path:
     metrics = empty_metrics()
     metrics.update(
-        exp=exp, data="phantom", image_size=32, seed=seed, num_real=100, num_generated=100, feature_extractor="domain:test",
-        fid=fid, kid_mean=0.01 * fid, kid_std=0.001, is_mean=2.0, is_std=0.1, precision=0.5, recall=0.4, ssim=ssim,
-        psnr=None if ssim is None else 20.0, cond_accuracy=None if cond is None else {"mean": cond, "fd": fid},
-        memorization={"feature": {"copy_rate": 0.0}}, per_skin_tone={"worst_fid": fid + 1}, train_steps=100 * (seed + 1),
+        exp=exp, data="phantom", image_size=32, seed=seed, eval_split="val", num_real=100, num_generated=100,
+        feature_extractor=extractor, fid=fid, fd_domain=0.1 * fid, kid_mean=0.01 * fid, kid_std=0.001, precision=0.5, recall=0.4,
+        ssim=ssim, psnr=None if ssim is None else 20.0,
+        cond_accuracy=None if cond is None else {"diagnosis": cond, "mean_visual": cond, "judge": "test_resnet-abc"},
+        memorization={"copy_rate": 0.0}, per_skin_tone={"worst_fid": fid + 1}, train_steps=100 * (seed + 1),
         train_time_s=60.0, sample_time_s_per_image=0.01, nfe=50,
+        intervals={"fid": [fid - 1, fid + 1], "cond_accuracy.diagnosis": None if cond is None else [cond - 0.05, cond + 0.05]},
+        floor={"fid": 0.5, "kid_mean": 0.0, "precision": 0.9, "recall": 0.9, "intervals": {"fid": [0.0, 1.5]},
+               "definition": "100 real test images against the 100 real val images"},
+        provenance={"git": {}, "versions": {}, "data_fingerprint": "abc123", "judge": "test_resnet-abc", "feature_extractors": [],
+                    "checkpoint": None, "eval": {"budget": "quick"}, "overrides": [], "setup": {}},
     )
-    run_dir = root / exp / f"run_{seed}"
+    metrics["nulls"].update({key: "the model cannot have it" for key in METRIC_KEYS if metrics[key] is None})
+    run_dir = root / exp / (folder or f"run_{seed}")
     write_metrics_json(run_dir / "metrics.json", metrics)
-    (run_dir / "eval").mkdir()
-    (run_dir / "eval" / "details.json").write_text(json.dumps({"fd_floor": {"fid": 0.5}}))
+    return run_dir
 
 
 def test_report_table_csv_and_plots(tmp_path: Path) -> None:
@@ -35,18 +42,36 @@ def test_report_table_csv_and_plots(tmp_path: Path) -> None:
     report = build_report(tmp_path).read_text()
     hybrid = next(line for line in report.splitlines() if line.startswith("| hybrid"))
     gan = next(line for line in report.splitlines() if line.startswith("| gan"))
-    assert "12.00 ± 2.83" in hybrid  # FD mean ± sample std over the two seeds
+    assert "12.00 ± 2.83 [11.00, 13.00]" in hybrid  # FD mean ± sample std over the two seeds, mean interval
     assert "0.600 ± 0.141" in hybrid and "5.00" in hybrid  # SSIM; downstream gain in points
+    assert "0.700 ± 0.141 [0.650, 0.750]" in hybrid  # diagnosis accuracy with its interval
     cells = [c.strip() for c in gan.split("|")[1:-1]]
-    assert cells[0] == "gan" and cells[2] == "30.00"
-    assert cells[2 + 3] == "—" and cells[2 + 7] == "—"  # SSIM and cond. acc. the GAN cannot have
-    assert "Floor (FD real validation vs real test, same features): **0.50 ± 0.00**" in report
+    assert cells[0] == "gan" and cells[2] == "30.00 [29.00, 31.00]"
+    assert cells[2 + 5] == "—" and cells[2 + 7] == "—" and cells[2 + 8] == "—"  # SSIM and cond. acc. the GAN cannot have
+    assert report.count("## Table") == 1 and "eval_split `val`" in report and "feature_extractor `inception-v3-compat`" in report
+    assert "Floor (100 real test images against the 100 real val images): FID 0.50 [0.00, 1.50]" in report
     rows = list(csv.DictReader(open(tmp_path / "report.csv")))
     assert {r["exp"] for r in rows} == {"hybrid", "gan"}
     assert float(next(r for r in rows if r["exp"] == "hybrid")["fid_mean"]) == pytest.approx(12.0)
     assert next(r for r in rows if r["exp"] == "gan")["ssim_mean"] == ""
     for name in ("bar_fid.png", "fd_vs_train_steps.png", "fd_vs_sampler_steps.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
+
+
+def test_report_never_averages_across_comparability_keys(tmp_path: Path) -> None:
+    _run(tmp_path, "hybrid", 0, fid=10.0, ssim=0.5, cond=0.8)
+    _run(tmp_path, "hybrid", 1, fid=14.0, ssim=0.7, cond=0.6, extractor="domain:test_resnet-abc")
+    runs = collect_runs(tmp_path)
+    with pytest.raises(ValueError, match="different comparability keys cannot be averaged"):
+        group_rows(runs)
+    report = build_report(tmp_path).read_text()
+    assert report.count("## Table") == 2 and "±" not in "".join(l for l in report.splitlines() if l.startswith("| hybrid"))
+    first, second = report.split("## Table 2")
+    assert "10.00 [9.00, 11.00]" in first + second and "14.00 [13.00, 15.00]" in first + second
+    assert "12.00" not in report  # no mean over the two feature spaces
+    assert (tmp_path / "plots" / "bar_fid_table1.png").is_file() and (tmp_path / "plots" / "bar_fid_table2.png").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "report.csv")))
+    assert sorted(r["feature_extractor"] for r in rows) == ["domain:test_resnet-abc", "inception-v3-compat"]
 
 
 def test_report_without_runs_fails_clearly(tmp_path: Path) -> None:
@@ -61,7 +86,7 @@ def test_ablation_runs_get_their_own_table(tmp_path: Path) -> None:
         _run(tmp_path, exp, 0, fid=fid, ssim=0.5, cond=0.7)
         (tmp_path / exp / "run_0" / "config.yaml").write_text("ablation: fusion\n")
     report = build_report(tmp_path).read_text()
-    main_table, ablation_table = report.split("## Ablation: fusion")
+    main_table, ablation_table = report.split("### Ablation: fusion")
     assert "| hybrid" in main_table and "ablation-fusion" not in main_table
     assert "| ablation-fusion-True | 0 | 9.00" in ablation_table
     assert "| ablation-fusion-False | 0 | 11.00" in ablation_table
