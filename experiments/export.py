@@ -7,7 +7,8 @@
 ``DDIMScheduler.from_pretrained(DIR, subfolder="scheduler")``); the hybrid adds
 ``DIR/text_encoder/``, ``DIR/tokenizer/`` (Hugging Face layout) and ``DIR/fusion/`` (PCA and
 retrieval-prior buffers as safetensors, plus a JSON of how to rebuild the CNN). ``DIR/README.md``
-is a short model card; ``DIR/dermsynth.json`` keeps the data vocabulary and run config.
+is a short model card, ``DIR/NOTICE`` the training data's licence and the intended use;
+``DIR/dermsynth.json`` keeps the data vocabulary and run config.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
 from datamodules.atomic import apply_umask_mode
+from datamodules.licences import INTENDED_USE, licence_of, write_notice
 from experiments.command import command
 from models.generative import GenerativeModule
 
@@ -59,6 +61,7 @@ def export_model(model: GenerativeModule, out: str | Path) -> Path:
     }, indent=1, default=str))
     (out / "README.md").write_text(model_card(model, sampler))
     apply_umask_mode(out.rglob("*.safetensors"))  # shared as any other file, not 0600
+    write_notice(out, model.data_info.source, "A generator")
     return out
 
 
@@ -75,8 +78,9 @@ def model_card(model: GenerativeModule, sampler: str) -> str:
     lines = [
         f"# DermSynth {type(model).__name__} ({info.source}, {info.image_size} px)",
         "",
-        f"Synthetic dermatology image generator trained with DermSynth on `{info.source}`. Research use only: not for diagnosis.",
+        f"Synthetic dermatology image generator trained with DermSynth on `{info.source}`. {INTENDED_USE}",
         "",
+        f"- training data: {licence_of(info.source)[0]}; licence: {licence_of(info.source)[1]} (see `NOTICE`)",
         f"- denoiser: `{unet_cls}`, {params / 1e6:.2f} M parameters, prediction `{model.noise.prediction_type}`, "
         f"schedule `{model.noise.config['beta_schedule']}` (T = {model.noise.num_train_timesteps})",
         f"- sampler: `{sampler}`, {getattr(model, 'sampler_steps', '?')} steps, guidance scale {getattr(model, 'guidance_scale', 'n/a')}",

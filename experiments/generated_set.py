@@ -21,7 +21,7 @@ TABLES = ("metadata.csv", "captions.csv", "ham10000_metadata.csv")
 
 def planned_files(num_images: int, grid: bool) -> list[str]:
     """Every file a generate call may write (``ham10000_metadata.csv`` only when labels are known)."""
-    return [f"{i:05d}.png" for i in range(num_images)] + list(TABLES) + (["grid.png"] if grid else [])
+    return [f"{i:05d}.png" for i in range(num_images)] + list(TABLES) + ["NOTICE"] + (["grid.png"] if grid else [])
 
 
 def _listed_files(manifest: Path) -> list[str]:
