@@ -137,3 +137,17 @@ def test_options_are_checked_and_scoped() -> None:
             bench.run(["sample"], bad)
     with pytest.raises(SystemExit, match="valid"):
         bench.run(["nope"], {})
+
+
+def test_judge_suite_compares_recipes_on_the_validation_split(tmp_path: Path) -> None:
+    recipes = "frozen:arch=test_resnet,epochs=1,lr=1e-12;trained:arch=test_resnet,epochs=6;lite0:arch=efficientnet_lite0,pretrained=true,input_size=32,epochs=1"
+    results = bench.run(["judge"], {**TINY, "recipes": recipes, "out": str(tmp_path / "b.json")})
+    scored = results["judge.recipes"]
+    assert set(scored) == {"frozen", "trained", "lite0"} and results["judge.settings"]["split"] == "val"
+    for recipe in scored.values():
+        assert set(recipe["val_accuracy"]) >= {"diagnosis", "skin_tone"} and recipe["train_s"] > 0
+        accuracy, low, high = recipe["val_accuracy"]["diagnosis"]
+        assert low <= accuracy <= high and 0 < recipe["majority"]["diagnosis"] <= 1
+    best = max(scored, key=lambda name: scored[name]["mean_visual"])
+    assert results["judge.chosen"] == best and scored["lite0"]["settings"]["pretrained"] is True
+    assert scored["trained"]["mean_visual"] > scored["frozen"]["mean_visual"]  # a judge that learns beats one that cannot
