@@ -8,7 +8,7 @@ seed and held-out prompt set, score (``scoring``, ``conditioning``, ``memorizati
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from evaluation.conditioning import conditioning_accuracy, confusion_by_head, readable
+from evaluation.data import take
 from evaluation.distributed import gather_rows, rank_and_world
 from evaluation.extraction import SampleSet, draw_sample_set
 from evaluation.features import extract
@@ -138,6 +139,19 @@ def memorization_block(sets: list[SampleSet], datamodule: Any, resources: EvalRe
     return report
 
 
+def visual_accuracy_of(first: SampleSet, cond: dict[str, Any], heads: dict[str, int]) -> Callable[[torch.Tensor], float | None]:
+    """Mean accuracy over the visual heads that have one, for a subset of the first set's samples (a row mask)."""
+    visual = {h for h, e in cond["per_head"].items() if e["visual"] and e["accuracy"] is not None}
+    targets = batch_targets(first.conditions, heads)
+    hits = {h: (first.judge_logits[h].argmax(1) == t, t >= 0) for h, t in targets.items() if readable(h) in visual}
+
+    def accuracy_of(rows: torch.Tensor) -> float | None:
+        values = [float(hit[rows & known].float().mean()) for hit, known in hits.values() if (rows & known).any()]
+        return sum(values) / len(values) if values else None
+
+    return accuracy_of
+
+
 def skin_tone_block(first: SampleSet, resources: EvalResources, cfg: Any, cond: dict[str, Any] | None) -> dict[str, Any]:
     """Per Fitzpatrick group figures of the first evaluation seed's samples."""
     real, name = resources.real, resources.primary.name
@@ -145,17 +159,9 @@ def skin_tone_block(first: SampleSet, resources: EvalResources, cfg: Any, cond: 
         tones, source = torch.as_tensor(first.conditions["skin_tone"]).long(), "condition"
     else:
         tones, source = first.judge_logits[SKIN_TONE_HEAD].argmax(1) + 1, "judge"
-    accuracy_of = None
-    if cond is not None:
-        visual = [h for h, e in cond["per_head"].items() if e["visual"] and e["accuracy"] is not None]
-        targets = batch_targets(first.conditions, resources.judge.heads)
-        hits = {h: (first.judge_logits[h].argmax(1) == t, t >= 0) for h, t in targets.items()}
-        def accuracy_of(rows: torch.Tensor) -> float | None:
-            values = [float(hit[rows & known].float().mean()) for h, (hit, known) in hits.items() if readable(h) in visual and (rows & known).any()]
-            return sum(values) / len(values) if values else None
-
     return per_skin_tone(
-        real.features[name], real.batch["skin_tone"], first.features[name], tones, source, cond_accuracy_of=accuracy_of,
+        real.features[name], real.batch["skin_tone"], first.features[name], tones, source,
+        cond_accuracy_of=None if cond is None else visual_accuracy_of(first, cond, resources.judge.heads),
         min_group_size=int(cfg["min_group_size"]), kid_size=int(cfg["kid_subset_size"]), seed=int(cfg["seeds"][0]),
     )
 
@@ -182,9 +188,8 @@ def evaluate_generator(
     with evaluation_mode(model):
         sets = draw_sets(model, datamodule, resources, eval_cfg, sampling, progress)
         heldout = draw_heldout(model, datamodule, resources, eval_cfg, sampling, progress)
-        recon_real = {k: v for k, v in resources.real.batch.items()}
-        recon = reconstruction_metrics(model, _head(recon_real, int(eval_cfg["num_recon"])), settings, sampling,
-                                       int(eval_cfg["batch_size"]), int(eval_cfg["seeds"][0]), progress)
+        recon_real = take(resources.real.batch, slice(0, int(eval_cfg["num_recon"])))
+        recon = reconstruction_metrics(model, recon_real, settings, sampling, int(eval_cfg["batch_size"]), int(eval_cfg["seeds"][0]), progress)
     eval_dir = Path(out_dir) / "eval" if rank == 0 else None
     metrics, details = score(model, datamodule, sets, heldout, resources, eval_cfg, eval_dir, progress)
     if recon is not None:
@@ -204,12 +209,6 @@ def evaluate_generator(
     if eval_dir is not None:
         write_files(eval_dir, sets[0], datamodule.info, metrics, details)
     return metrics
-
-
-def _head(batch: dict[str, Any], count: int) -> dict[str, Any]:
-    from evaluation.data import take
-
-    return take(batch, slice(0, count))
 
 
 def eval_settings(model: Any, cfg: Any, resources: EvalResources, sampling: SamplingSettings | None,

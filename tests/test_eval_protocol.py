@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from datamodules.info import DataInfo
 from evaluation.conditioning import confusion_by_head
 from evaluation.features import DomainFeatures, build_feature_extractor
+from evaluation.fid import frechet_distance
 from evaluation.judge import load_or_train_judge
 from evaluation.protocol import evaluate_generator
 from evaluation.resources import prepare_evaluation
@@ -114,7 +115,10 @@ def test_intervals_floor_and_provenance(blobs: BlobDataModule, session_cache: Pa
     assert "bootstrap" in intervals["method"]
     floor = metrics["floor"]
     assert floor["n"] == 64 and "test" in floor["definition"] and "val" in floor["definition"]
-    assert 0 <= floor["fid"] < metrics["fid"]  # real vs real sits below noisy blobs
+    resources = prepare_evaluation(blobs, cfg)  # the same cached real sets: the floor is FD(real test subset, real val)
+    name = resources.primary.name
+    assert resources.floor.split == "test" and resources.floor.size == 64
+    assert floor["fid"] == pytest.approx(frechet_distance(resources.real.features[name], resources.floor.features[name]))
     assert set(floor["intervals"]) == {"fid", "kid_mean", "precision", "recall"}
     provenance = metrics["provenance"]
     assert provenance["data_fingerprint"] == blobs.info.fingerprint and provenance["judge"] == metrics["cond_accuracy"]["judge"]

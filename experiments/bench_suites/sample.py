@@ -72,6 +72,26 @@ def draw(model: Any, datamodule: Any, sampler: str, steps: int, count: int, batc
     return images, seconds
 
 
+def fd_pair(model: Any, datamodule: Any, cfg: DictConfig, specs: list[tuple[str, str, int]], s_per_image: dict[str, float],
+            fd_images: int, batch_size: int, seed: int) -> tuple[dict[str, float], float, str]:
+    """FD of ``fd_images`` samples per sampler against the real validation images (judge features), and the floor."""
+    eval_cfg = cfg.eval.copy()
+    with open_dict(eval_cfg):
+        # the issue's figure: FD in the domain feature space, on the validation split (a tuning figure)
+        eval_cfg.feature_extractor, eval_cfg.split, eval_cfg.floor, eval_cfg.num_generated = "domain", "val", True, fd_images
+    resources = prepare_evaluation(datamodule, eval_cfg, model.device, bool(eval_cfg.progress))
+    extractor = resources.domain
+    real_feats = resources.real.features[extractor.name]
+    fd: dict[str, float] = {}
+    for label, sampler, steps in specs:
+        started = time.perf_counter()
+        log.info("sample: FD of %s over %d images, ~%.0f s", label, fd_images, s_per_image[label] * fd_images)
+        images, _ = draw(model, datamodule, sampler, steps, fd_images, batch_size, seed)
+        fd[label] = round(frechet_distance(real_feats, extract(extractor, images, batch_size)), 4)
+        log.info("sample: FD %s = %.3f (%.0f s)", label, fd[label], time.perf_counter() - started)
+    return fd, round(frechet_distance(real_feats, resources.floor.features[extractor.name]), 4), extractor.name
+
+
 def suite(options: dict[str, str]) -> dict[str, Any]:
     model, datamodule, cfg, trained = load_model(options)
     if not hasattr(model, "sampler_name"):
@@ -93,25 +113,8 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
     nfe, s_per_image = {s[0]: nfe[s[0]] for s in specs}, {s[0]: round(s_per_image[s[0]], 4) for s in specs}
 
     dpm_label, ddpm_label = next(s for s in specs if s[1] == "dpm_solver++")[0], specs[0][0]
-    fd: dict[str, float] = {}
-    floor = None
-    extractor_name = None
-    if trained:
-        eval_cfg = cfg.eval.copy()
-        with open_dict(eval_cfg):
-            # the issue's figure: FD in the domain feature space, on the validation split (a tuning figure)
-            eval_cfg.feature_extractor, eval_cfg.split, eval_cfg.floor, eval_cfg.num_generated = "domain", "val", True, fd_images
-        resources = prepare_evaluation(datamodule, eval_cfg, model.device, bool(eval_cfg.progress))
-        extractor = resources.domain
-        extractor_name = extractor.name
-        real_feats = resources.real.features[extractor.name]
-        for label, sampler, steps in (s for s in specs if s[0] in (dpm_label, ddpm_label)):
-            started = time.perf_counter()
-            log.info("sample: FD of %s over %d images, ~%.0f s", label, fd_images, s_per_image[label] * fd_images)
-            images, _ = draw(model, datamodule, sampler, steps, fd_images, batch_size, seed)
-            fd[label] = round(frechet_distance(real_feats, extract(extractor, images, batch_size)), 4)
-            log.info("sample: FD %s = %.3f (%.0f s)", label, fd[label], time.perf_counter() - started)
-        floor = round(frechet_distance(real_feats, resources.floor.features[extractor.name]), 4)
+    fd, floor, extractor_name = fd_pair(model, datamodule, cfg, [s for s in specs if s[0] in (dpm_label, ddpm_label)],
+                                        s_per_image, fd_images, batch_size, seed) if trained else ({}, None, None)
 
     guided = getattr(model, "guidance_scale", 1.0) != 1.0 and getattr(model, "conditioning", "none") != "none"
     return {
