@@ -13,7 +13,7 @@ import torch
 from callbacks.checkpoint import AtomicCheckpointIO
 from datamodules.atomic import atomic_path, atomic_write, remove_stale_temp_files, umask_file_mode
 from evaluation.fid import RealFeatureCache
-from evaluation.schema import empty_metrics, write_metrics_json
+from evaluation.schema import METRIC_KEYS, empty_metrics, write_metrics_json
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o077])
@@ -31,7 +31,7 @@ def _mode(path: Path) -> int:
 
 def test_written_files_follow_the_umask(umask: int, tmp_path: Path) -> None:
     AtomicCheckpointIO().save_checkpoint({"global_step": 3}, tmp_path / "checkpoints" / "last.ckpt")
-    write_metrics_json(tmp_path / "metrics.json", empty_metrics())
+    write_metrics_json(tmp_path / "metrics.json", {**empty_metrics(), "nulls": dict.fromkeys(METRIC_KEYS, "not computed in this test")})
     RealFeatureCache(tmp_path / "cache").save("key", {"features": torch.zeros(2, 3)})
     with atomic_path(tmp_path / "judge", directory=True) as folder:
         (folder / "judge.json").write_text("{}")
