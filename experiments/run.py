@@ -186,7 +186,9 @@ def finish(trainer: L.Trainer, metrics: dict[str, Any], output_dir: Path) -> Non
 
         wandb.finish()
     if trainer.is_global_zero:
-        headline = {k: metrics.get(k) for k in ("feature_extractor", "fid", "kid_mean", "precision", "recall", "cond_accuracy")}
+        cond = metrics.get("cond_accuracy") or {}
+        headline = {k: metrics.get(k) for k in ("eval_split", "feature_extractor", "fid", "fd_domain", "kid_mean", "precision", "recall")}
+        headline.update(diagnosis=cond.get("diagnosis"), mean_visual=cond.get("mean_visual"))
         print(f"Run folder: {output_dir}\nMetrics: {json.dumps(headline, default=_round)}", flush=True)
 
 
