@@ -59,7 +59,8 @@ class Evaluate(Callback):
             return
         start = time.perf_counter()
         self.resources = prepare_evaluation(
-            trainer.datamodule, validation_config(self.eval_cfg), trainer.strategy.root_device, progress=trainer.is_global_zero
+            trainer.datamodule, validation_config(self.eval_cfg), trainer.strategy.root_device,
+            progress=trainer.is_global_zero and bool(self.eval_cfg["progress"]),
         )
         self.resources.timing["total_s"] = round(time.perf_counter() - start, 2)
         self.resources.timing["when"] = "before training (callback set-up)"
