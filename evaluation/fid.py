@@ -6,7 +6,7 @@ pass-through "feature network"), precision/recall torch-fidelity's (Kynkäännie
 k = 3). The Fréchet distance is computed exactly in the span of the samples:
 ``tr sqrt(S_r S_f)`` is the nuclear norm of ``L_r L_f^T`` where ``S = L^T L`` (L: the centred
 features over sqrt(n - 1), reduced to at most D rows by a QR factorisation), so 2048-d features
-cost an SVD of an n_r x n_f matrix instead of a 2048 x 2048 matrix square root; the tests check it
+cost the spectrum of a min(n_r, n_f)-sized matrix instead of a 2048 x 2048 matrix square root; the tests check it
 against torchmetrics' ``FrechetInceptionDistance`` and scipy. Features reach these functions already
 gathered from every DDP rank, so the metrics run with ``sync_on_compute=False``.
 """
@@ -50,13 +50,23 @@ def _covariance_factor(features: Tensor) -> tuple[Tensor, Tensor]:
     return mean, factor
 
 
+def nuclear_norm(matrix: Tensor) -> Tensor:
+    """Sum of singular values, from the eigenvalues of the smaller Gram matrix.
+
+    LAPACK's SVD converges slowly on these centred cross products (their singular values span many
+    orders of magnitude); the symmetric eigensolver gives the same sum to ~1e-10 in a fraction of the time.
+    """
+    gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
+    return torch.linalg.eigvalsh(gram).clamp(min=0).sqrt().sum()
+
+
 def frechet_distance(real: Tensor, fake: Tensor) -> float:
     """Fréchet distance between Gaussians fitted to (N, D) and (M, D) features."""
     if real.shape[0] < 2 or fake.shape[0] < 2:
         raise ValueError(f"FD needs at least 2 samples per set, got {real.shape[0]} real and {fake.shape[0]} generated")
     mean_r, factor_r = _covariance_factor(real)
     mean_f, factor_f = _covariance_factor(fake)
-    trace_sqrt = torch.linalg.svdvals(factor_r @ factor_f.T).sum()  # tr sqrt(S_r S_f)
+    trace_sqrt = nuclear_norm(factor_r @ factor_f.T)  # tr sqrt(S_r S_f)
     value = (mean_r - mean_f).square().sum() + factor_r.square().sum() + factor_f.square().sum() - 2 * trace_sqrt
     return max(0.0, float(value))  # round-off can give -1e-12 for identical sets
 
