@@ -1,6 +1,6 @@
 """``SkinDataModule``: one LightningDataModule for every generator and every data source.
 
-    dm = SkinDataModule(source="phantom", image_size=32, batch_size=32)
+    dm = SkinDataModule(source="phantom", num_workers=0, num_train=10000, num_val=500, num_test=500, allow_upscale=False)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     # batch["image"] (B, 3, H, W) in [-1, 1]; batch["caption"] list[str]; batch["label"] (B,) long;
@@ -14,6 +14,7 @@ any CPU training step.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,19 +24,21 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules import captions as caption_templates
 from datamodules.cache import default_cache_dir
 from datamodules.holdout import Holdout, draw_conditions, fingerprint_with, matches, resolve_combos
 from datamodules.info import DataInfo
-from datamodules.resumable import ResumableDataLoader, ResumableSampler, rank_and_world
+from datamodules.resumable import ResumableBatchSampler, ShuffledShard, rank_and_world
 from datamodules.sampling import ClassBalancedSampler, class_shares
 from datamodules.sources import SourceRequest, SourceTable, get_source
 from datamodules.sources.base import SplitTable
 from datamodules.transforms import Augment, Preprocess, to_tensor
 
 log = logging.getLogger(__name__)
-PHANTOM_DEFAULT_SIZES = {"num_train": 2000, "num_val": 500, "num_test": 500}
+# torchdata's StatefulDataLoader calls a torch API deprecated after its release; the note is not ours to act on.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 class SkinDataset(Dataset):
@@ -120,12 +123,13 @@ class SkinDataModule(L.LightningDataModule):
     Args:
         source: ``phantom`` | ``ham10000`` | ``isic`` | ``dermamnist`` | ``folder``.
         image_size: side of the square images in pixels.
+        num_workers: loader processes (0 loads in the training process).
         root / csv: data folder and metadata/caption CSV of file-based sources.
         seed: the run's seed: the training shuffle and the phantom's rendering.
         split_seed: real sources' train/val/test split, per-split subsets and caption phrasings;
             independent of ``seed``, so every training seed sees the same data.
-        num_train / num_val / num_test: phantom split sizes (defaults 2000/500/500); for other
-            sources optional caps per split (a seeded subset).
+        num_train / num_val / num_test: phantom split sizes; for other sources caps per split
+            (a seeded subset), None for the whole split.
         val_fraction / test_fraction: split shares where the source has no official split.
         cache_dir: where decoded images live; default ``$DERMSYNTH_CACHE`` or ``~/.cache/dermsynth``.
         with_reference: training items also carry ``reference``, another image of the same label.
@@ -145,17 +149,18 @@ class SkinDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        source: str = "phantom",
+        source: str,
+        num_workers: int,
+        num_train: int | None,
+        num_val: int | None,
+        num_test: int | None,
+        allow_upscale: bool,
         image_size: int = 32,
         batch_size: int = 32,
-        num_workers: int = 0,
         seed: int = 0,
         split_seed: int = 0,
         root: str | None = None,
         csv: str | None = None,
-        num_train: int | None = None,
-        num_val: int | None = None,
-        num_test: int | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         cache_dir: str | None = None,
@@ -173,7 +178,6 @@ class SkinDataModule(L.LightningDataModule):
         color_constancy: bool = False,
         class_names: list[str] | None = None,
         on_bad_image: str = "error",
-        allow_upscale: bool = False,
         pin_memory: bool = False,
         persistent_workers: bool = True,
         progress: bool = True,
@@ -184,9 +188,8 @@ class SkinDataModule(L.LightningDataModule):
         if sampler not in ("natural", "balanced"):
             raise ValueError(f"data.sampler must be 'natural' or 'balanced', got {sampler!r}")
         class_shares([1], sampler_temperature)  # validates the temperature now, not at the first epoch
-        if source == "phantom":
-            sizes = {"num_train": num_train, "num_val": num_val, "num_test": num_test}
-            num_train, num_val, num_test = (v if v is not None else PHANTOM_DEFAULT_SIZES[k] for k, v in sizes.items())
+        if source == "phantom" and None in (num_train, num_val, num_test):
+            raise ValueError("the phantom renders a fixed number of images per split: set data.num_train, data.num_val and data.num_test")
         self.source = source
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -269,9 +272,6 @@ class SkinDataModule(L.LightningDataModule):
         table = self.table.splits[split]
         return draw_conditions(table, self.info, num, seed, split=split, kind=holdout, holdout=self.holdout)
 
-    def sample_captions(self, n: int, seed: int = 0) -> list[str]:
-        return self.sample_conditions(n, seed)["caption"]
-
     def caption_for(self, label: int, attributes: dict[str, int], skin_tone: int = 0, seed: int = 0) -> str:
         """A caption for chosen values (any combination; unknown = -1 / tone 0 is left out), in a training frame."""
         training_frames, _ = caption_templates.frames_of(self.info, self.holdout.paraphrases)
@@ -282,28 +282,20 @@ class SkinDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: SkinDataset, train: bool) -> DataLoader:
         common = dict(
-            batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            num_workers=self.num_workers, pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0, collate_fn=collate_batch,
         )
-        if train:  # seeded shuffle that resumes mid-epoch and shards across DDP ranks itself
+        if train:  # a seeded order that shards across DDP ranks itself; Lightning saves and restores the position
             if self.balanced:
-                sampler = ClassBalancedSampler(dataset.labels, self.sampler_temperature, seed=self.seed)
+                order = ClassBalancedSampler(dataset.labels, self.sampler_temperature, seed=self.seed)
             else:
-                sampler = ResumableSampler(len(dataset), shuffle=True, seed=self.seed)
-            return ResumableDataLoader(
-                dataset, sampler=sampler, drop_last=len(dataset) >= self.batch_size,
-                generator=torch.Generator().manual_seed(self.seed), position_fn=self._train_batches_processed, **common,
-            )
+                order = ShuffledShard(len(dataset), shuffle=True, seed=self.seed)
+            batches = ResumableBatchSampler(order, self.batch_size, drop_last=len(dataset) >= self.batch_size)
+            # its own generator: a new epoch's iterator must not draw from the global one (resume parity)
+            return StatefulDataLoader(dataset, batch_sampler=batches, generator=torch.Generator().manual_seed(self.seed), **common)
         rank, world = rank_and_world()
         sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
-        return DataLoader(dataset, sampler=sampler, **common)
-
-    def _train_batches_processed(self) -> int:
-        """Batches of the current epoch the training loop has processed (the resume position)."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

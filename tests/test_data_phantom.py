@@ -12,7 +12,7 @@ from datamodules.sources.phantom_render import SKIN_PALETTE, render, uci_palette
 
 
 def small(**kwargs) -> SkinDataModule:
-    settings = dict(source="phantom", image_size=16, batch_size=8, num_train=24, num_val=8, num_test=8, progress=False)
+    settings = dict(source="phantom", image_size=16, batch_size=8, num_workers=0, num_train=24, num_val=8, num_test=8, allow_upscale=False, progress=False)
     return SkinDataModule(**{**settings, **kwargs})
 
 

@@ -80,7 +80,8 @@ def make_folder(root: Path, count: int = 20, size: int = 24, labels: list | None
 
 
 def module(tmp_path: Path, **kwargs) -> SkinDataModule:
-    settings = dict(image_size=16, batch_size=4, cache_dir=tmp_path / "cache", progress=False, val_fraction=0.2, test_fraction=0.2)
+    settings = dict(image_size=16, batch_size=4, cache_dir=tmp_path / "cache", progress=False, val_fraction=0.2, test_fraction=0.2,
+                    num_workers=0, num_train=None, num_val=None, num_test=None, allow_upscale=False)
     return SkinDataModule(**{**settings, **kwargs})
 
 
@@ -137,7 +138,7 @@ def test_ham10000_caption_round_trip(tmp_path: Path) -> None:
 
 
 def test_phantom_caption_round_trip() -> None:
-    dm = SkinDataModule(num_train=8, num_val=4, num_test=4, image_size=8, progress=False)
+    dm = SkinDataModule(source="phantom", num_workers=0, num_train=8, num_val=4, num_test=4, allow_upscale=False, image_size=8, progress=False)
     dm.setup()
     rng = np.random.default_rng(0)
     for seed in range(40):
@@ -200,7 +201,7 @@ def test_folder_split_column(tmp_path: Path) -> None:
 
 def test_unknown_source_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match="ham10000"):
-        SkinDataModule(source="nope")
+        SkinDataModule(source="nope", num_workers=0, num_train=None, num_val=None, num_test=None, allow_upscale=False)
 
 
 def test_missing_root(tmp_path: Path) -> None:

@@ -9,8 +9,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from torchdata.stateful_dataloader import StatefulDataLoader
+
 from callbacks.rng import RNGState, collect_rng_states, restore_rng_states
-from datamodules.resumable import ResumableDataLoader, ResumableSampler
+from datamodules.resumable import ResumableBatchSampler, ShuffledShard
 
 
 class _NoisyRegression(L.LightningModule):
@@ -31,22 +33,24 @@ class _NoisyRegression(L.LightningModule):
 
 
 class _Data(L.LightningDataModule):
-    def train_dataloader(self) -> ResumableDataLoader:
-        rows = torch.stack([torch.arange(24.0), torch.linspace(-1, 1, 24)], dim=1)  # (row id, x)
-        return ResumableDataLoader(
-            rows, sampler=ResumableSampler(24, seed=3), batch_size=4, drop_last=True,
-            position_fn=lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed,
-        )
+    def __init__(self, rows: int = 24, workers: int = 0) -> None:
+        super().__init__()
+        self.rows, self.workers = rows, workers
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        rows = torch.stack([torch.arange(float(self.rows)), torch.linspace(-1, 1, self.rows)], dim=1)  # (row id, x)
+        batches = ResumableBatchSampler(ShuffledShard(self.rows, seed=3), batch_size=4, drop_last=True)
+        return StatefulDataLoader(rows, batch_sampler=batches, num_workers=self.workers, generator=torch.Generator().manual_seed(0))
 
 
-def _fit(folder: Path, steps: int, resume: bool) -> _NoisyRegression:
+def _fit(folder: Path, steps: int, resume: bool, data: _Data | None = None) -> _NoisyRegression:
     L.seed_everything(0, verbose=False)
     module = _NoisyRegression()
     trainer = L.Trainer(
         max_steps=steps, max_epochs=-1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[ModelCheckpoint(dirpath=folder, save_last=True, every_n_train_steps=1, save_top_k=0), RNGState(seed=0)],
     )
-    trainer.fit(module, datamodule=_Data(), ckpt_path=str(folder / "last.ckpt") if resume else None, weights_only=True)
+    trainer.fit(module, datamodule=data or _Data(), ckpt_path=str(folder / "last.ckpt") if resume else None, weights_only=True)
     return module
 
 
@@ -62,14 +66,27 @@ def test_resumed_run_matches_a_straight_run(tmp_path: Path, first_leg: int) -> N
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows, workers", [(26, 0), (24, 2)])  # a dropped last partial batch; loader processes
+@pytest.mark.parametrize("first_leg", [6, 9])
+def test_resume_with_workers_and_a_ragged_epoch(tmp_path: Path, rows: int, workers: int, first_leg: int) -> None:
+    straight = _fit(tmp_path / "straight", 12, resume=False, data=_Data(rows, workers))
+    first = _fit(tmp_path / "resumed", first_leg, resume=False, data=_Data(rows, workers))
+    second = _fit(tmp_path / "resumed", 12, resume=True, data=_Data(rows, workers))
+    assert first.rows_seen + second.rows_seen == straight.rows_seen
+
+
 def test_sampler_shards_and_starts_mid_epoch() -> None:
-    sampler = ResumableSampler(10, seed=1)
-    full = list(sampler)
-    assert sorted(full) == list(range(10)) and list(sampler) == full  # fixed per epoch
-    sampler.start = 4
-    assert list(sampler) == full[4:] and list(sampler) == full  # the offset applies once
-    sampler.set_epoch(1)
-    assert list(sampler) != full
+    shard = ShuffledShard(10, seed=1)
+    full = list(shard)
+    assert sorted(full) == list(range(10)) and list(shard) == full  # fixed per epoch
+    batches = ResumableBatchSampler(shard, batch_size=2, drop_last=True)
+    assert [i for batch in batches for i in batch] == full
+    batches.load_state_dict({"epoch": 0, "batches": 2})
+    assert [i for batch in batches for i in batch] == full[4:]  # the offset applies once
+    assert [i for batch in batches for i in batch] == full
+    assert batches.state_dict() == {"epoch": 1, "batches": 0}  # a finished epoch resumes at the next one
+    shard.set_epoch(1)
+    assert list(shard) != full
 
 
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) -> None:

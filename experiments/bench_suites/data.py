@@ -76,11 +76,12 @@ def write_jpegs(images: np.ndarray, folder: Path, count: int) -> list[Path]:
 
 def step_images_per_s(batch_size: int = 32, image_size: int = 32, steps: int = 3) -> float:
     """Images/s of a quick-budget diffusion training step (default UNet, CPU, float32)."""
-    from models.unets import build_unet
+    from models.unets import build_unet, patchify
 
     unet = build_unet(image_size=image_size)
+    patch = image_size // unet.config.sample_size
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
-    images = torch.randn(batch_size, 3, image_size, image_size)
+    images = patchify(torch.randn(batch_size, 3, image_size, image_size), patch)  # the UNet works on patches
     timesteps = torch.randint(0, 1000, (batch_size,))
 
     def step() -> None:
@@ -103,7 +104,7 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dermsynth-bench-") as temp:
         for size in SIZES:
             dm = SkinDataModule(source="phantom", image_size=size, batch_size=32, num_workers=workers, num_train=int(options["num_train"]),
-                                num_val=32, num_test=32, cache_dir=options.get("cache_dir") or temp, progress=False)
+                                num_val=32, num_test=32, allow_upscale=False, cache_dir=options.get("cache_dir") or temp, progress=False)
             dm.setup()
             cached[str(size)] = loader_images_per_s(dm.train_dataloader(), batches)
             # enough files for the timed batches plus the warm-up one, at most 256 (the loader cycles)
