@@ -1,1 +1,1 @@
-"""Cross-cutting training work: EMA weights, sample grids, atomic checkpoints, evaluation."""
+"""Cross-cutting training work: EMA weights, sample grids, evaluation, the loss guard, random states."""

@@ -10,7 +10,7 @@ generation).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import lightning as L
@@ -40,6 +40,7 @@ class EMA(Callback):
         self.shadow: dict[str, Tensor] | None = None
         self.num_updates = 0
         self._backup: dict[str, Tensor] | None = None
+        self._swapped_for_validation = False
 
     @staticmethod
     def _tracked(pl_module: L.LightningModule) -> dict[str, Tensor]:
@@ -70,35 +71,44 @@ class EMA(Callback):
             self.shadow[name].lerp_(param.detach(), 1.0 - decay)
         self.num_updates += 1
 
-    @contextmanager
-    def swapped(self, pl_module: L.LightningModule) -> Iterator[None]:
-        """Run the block with the EMA weights in the model; the trained weights come back after."""
+    def swap_in(self, pl_module: L.LightningModule) -> bool:
+        """Put the EMA weights into the model, keeping the trained ones aside; False if there is nothing to swap."""
         if self.shadow is None or self._backup is not None:
-            yield
-            return
+            return False
         params = self._tracked(pl_module)
         self._backup = {name: p.detach().clone() for name, p in params.items()}
         with torch.no_grad():
             for name, param in params.items():
                 param.copy_(self.shadow[name])
+        return True
+
+    def swap_out(self, pl_module: L.LightningModule) -> None:
+        """Put the trained weights back after ``swap_in``."""
+        if self._backup is None:
+            return
+        with torch.no_grad():
+            for name, param in self._tracked(pl_module).items():
+                param.copy_(self._backup[name])
+        self._backup = None
+
+    @contextmanager
+    def swapped(self, pl_module: L.LightningModule) -> Iterator[None]:
+        """Run the block with the EMA weights in the model; the trained weights come back after."""
+        swapped = self.swap_in(pl_module)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, param in params.items():
-                    param.copy_(self._backup[name])
-            self._backup = None
+            if swapped:
+                self.swap_out(pl_module)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.evaluate_with_ema and self.shadow is not None and not trainer.sanity_checking:
-            self._validation_context = self.swapped(pl_module)
-            self._validation_context.__enter__()
+        if self.evaluate_with_ema and not trainer.sanity_checking:
+            self._swapped_for_validation = self.swap_in(pl_module)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        context = getattr(self, "_validation_context", None)
-        if context is not None:
-            context.__exit__(None, None, None)
-            self._validation_context = None
+        if self._swapped_for_validation:
+            self.swap_out(pl_module)
+            self._swapped_for_validation = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"shadow": self.shadow, "num_updates": self.num_updates, "decay": self.decay}
@@ -124,3 +134,19 @@ def find_ema(trainer: L.Trainer | None) -> EMA | None:
     if trainer is None:
         return None
     return next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+
+
+@contextmanager
+def ema_weights(trainer: L.Trainer | None, module: L.LightningModule) -> Iterator[None]:
+    """Run the block in eval mode with the EMA weights (when the trainer has the EMA callback).
+
+    The trained weights and the module's training mode come back afterwards, also on an error.
+    """
+    ema = find_ema(trainer)
+    was_training = module.training
+    module.eval()
+    try:
+        with ema.swapped(module) if ema is not None else nullcontext():
+            yield
+    finally:
+        module.train(was_training)

@@ -11,7 +11,6 @@ function that produces a run's metrics.json (the runner and ``on_fit_end`` call 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from callbacks.ema import find_ema
-from evaluation.protocol import evaluate_generator, evaluation_mode, validation_fd
+from callbacks.ema import ema_weights
+from evaluation.protocol import evaluate_generator, validation_fd
 from evaluation.resources import EvalResources, prepare_evaluation
 from evaluation.schema import write_metrics_json
 
@@ -69,8 +68,7 @@ class Evaluate(Callback):
         step = trainer.global_step
         if not self.every_n_steps or step == 0 or step % self.every_n_steps or self.resources is None:
             return
-        ema = find_ema(trainer)
-        with evaluation_mode(pl_module), (ema.swapped(pl_module) if ema is not None else nullcontext()):
+        with ema_weights(trainer, pl_module):
             fd = validation_fd(pl_module, trainer.datamodule, self.resources, self.eval_cfg, self.num_generated)
         pl_module.log("val/fd", fd, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
 
@@ -101,8 +99,7 @@ def final_evaluation(
     if resources is not None and resources.split != eval_cfg["split"]:
         resources = None
     extra = {**extra, "train_steps": int(trainer.global_step)}
-    ema = find_ema(trainer)
-    with torch.inference_mode(False), (ema.swapped(model) if ema is not None else nullcontext()):
+    with torch.inference_mode(False), ema_weights(trainer, model):
         metrics = evaluate_generator(model, trainer.datamodule, eval_cfg, output_dir, extra=extra, resources=resources, **provenance)
     if trainer.is_global_zero:
         write_metrics_json(Path(output_dir) / "metrics.json", metrics)

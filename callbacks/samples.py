@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from callbacks.ema import find_ema
+from callbacks.ema import ema_weights
 
 
 def save_grid(images: Tensor, path: Path, captions: list[str] | None = None, min_tile: int = 64) -> Path:
@@ -64,14 +63,8 @@ class SampleGrid(Callback):
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
         conditions = self._conditions_for(trainer)
         generator = torch.Generator().manual_seed(self.seed)
-        ema = find_ema(trainer)
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with ema.swapped(pl_module) if ema is not None else nullcontext():
-                images = pl_module.generate(conditions, self.num_images, generator=generator)
-        finally:
-            pl_module.train(was_training)
+        with ema_weights(trainer, pl_module):
+            images = pl_module.generate(conditions, self.num_images, generator=generator)
         captions = list(conditions["caption"]) if conditions is not None and pl_module.conditioning != "none" else None
         path = save_grid(images, self.dirpath / f"step_{trainer.global_step}.png", captions)
         for logger in trainer.loggers:

@@ -1,4 +1,4 @@
-"""Checkpoints that are never half-written: write to a temporary file, then rename.
+"""The runner's checkpoint writer (a Lightning ``CheckpointIO`` plugin): never a half-written file.
 
 A run killed during a save (pre-emption, out-of-memory, Ctrl-C) must leave the previous
 ``last.ckpt`` intact, because ``resume=auto`` continues from it.

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 from torch import nn
 
-from callbacks.checkpoint import AtomicCheckpointIO
-from callbacks.ema import EMA
+from experiments.checkpoint_io import AtomicCheckpointIO
+from callbacks.ema import EMA, ema_weights
 from callbacks.health import FiniteLoss, NonFiniteLossError
 
 
@@ -35,6 +36,28 @@ def test_ema_follows_its_formula_and_swaps_back() -> None:
     trained = module.layer.weight.detach().clone()
     with ema.swapped(module):
         assert torch.allclose(module.layer.weight, expected)
+    assert torch.equal(module.layer.weight, trained)
+
+
+def test_ema_weights_swap_in_eval_mode_and_come_back_even_on_error() -> None:
+    module = Tiny()
+    ema = EMA(decay=0.5, warmup_steps=0)
+    ema.on_fit_start(None, module)
+    with torch.no_grad():
+        module.layer.weight.add_(1.0)
+    trained = module.layer.weight.detach().clone()
+    module.train()
+    with pytest.raises(RuntimeError, match="inside"):
+        with ema_weights(SimpleNamespace(callbacks=[ema]), module):
+            assert not module.training and torch.equal(module.layer.weight, ema.shadow["layer.weight"])
+            raise RuntimeError("inside")
+    assert module.training and torch.equal(module.layer.weight, trained)
+    with ema_weights(None, module):  # no trainer, no EMA: eval mode only
+        assert not module.training and torch.equal(module.layer.weight, trained)
+    # validation swaps through two hooks, without a context manager held open between them
+    ema.on_validation_epoch_start(SimpleNamespace(sanity_checking=False), module)
+    assert torch.equal(module.layer.weight, ema.shadow["layer.weight"])
+    ema.on_validation_epoch_end(SimpleNamespace(sanity_checking=False), module)
     assert torch.equal(module.layer.weight, trained)
 
 
