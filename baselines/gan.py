@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
-from baselines.conditioning import ConditionEmbedding
 from baselines.diffaugment import diff_augment
 from baselines.gan_networks import Discriminator, Generator
-from models.schedules import linear_decay, total_steps
 from datamodules.info import DataInfo
-from models.generative import Conditions, GenerativeModule
+from models.conditioners import ConditionEmbedding
+from models.generative import Conditions, GenerativeModule, ReconstructionSettings, SamplingSettings
+from models.schedules import linear_decay
 
 NUM_FIXED_SAMPLES = 64
 
@@ -59,13 +59,15 @@ class GAN(GenerativeModule):
         gradient_clip: max gradient norm of each network (0 = off), via ``self.clip_gradients``.
         optimizer_g, optimizer_d: partial optimisers; learning rates decay linearly to
             ``final_lr_fraction`` of their start over the run (SNGAN).
-        gan_projection_steps, projection_lr: Adam steps and rate of the latent projection that
-            reconstructs real images (the evaluation sets the steps from ``eval``).
+        projection_lr: Adam rate of the latent projection that reconstructs real images (its
+            number of steps comes from the evaluation: ``ReconstructionSettings.projection_steps``).
     """
 
     def __init__(
         self,
         data_info: DataInfo | dict[str, Any],
+        optimizer_g: Callable[..., torch.optim.Optimizer],
+        optimizer_d: Callable[..., torch.optim.Optimizer],
         latent_dim: int = 128,
         generator_width: int = 32,
         discriminator_width: int = 32,
@@ -74,11 +76,8 @@ class GAN(GenerativeModule):
         condition_dim: int = 64,
         diffaugment: str = "color,translation,cutout",
         ema_decay: float = 0.999,
-        gradient_clip: float = 0.0,
-        optimizer_g: Callable[..., torch.optim.Optimizer] | None = None,
-        optimizer_d: Callable[..., torch.optim.Optimizer] | None = None,
+        gradient_clip: float = 1.0,
         final_lr_fraction: float = 0.0,
-        gan_projection_steps: int = 200,
         projection_lr: float = 0.05,
     ) -> None:
         super().__init__(data_info)
@@ -90,7 +89,6 @@ class GAN(GenerativeModule):
         self.gradient_clip = gradient_clip
         self.optimizer_g_factory, self.optimizer_d_factory = optimizer_g, optimizer_d
         self.final_lr_fraction = final_lr_fraction
-        self.gan_projection_steps = gan_projection_steps
         self.projection_lr = projection_lr
 
         self.condition_embedding = ConditionEmbedding(self.data_info, condition_dim) if conditional else None
@@ -101,10 +99,9 @@ class GAN(GenerativeModule):
         # Fixed latents: generate(generator=None) draws these, so progress grids compare like with like.
         self.register_buffer("sample_noise", torch.randn(NUM_FIXED_SAMPLES, latent_dim, generator=torch.Generator().manual_seed(0)))
 
-    @property
-    def reconstruction_protocol(self) -> str:  # type: ignore[override]
+    def reconstruction_protocol(self, settings: ReconstructionSettings, sampling: SamplingSettings | None = None) -> str:
         return (
-            f"gan: latent projection, {self.gan_projection_steps} Adam steps (lr {self.projection_lr}) "
+            f"gan: latent projection, {settings.projection_steps} Adam steps (lr {self.projection_lr}) "
             "minimising pixel MSE from z ~ N(0, I), EMA generator"
         )
 
@@ -190,13 +187,12 @@ class GAN(GenerativeModule):
         self.log("val/score_gap", (real_scores.mean() - fake_scores.mean()), batch_size=size, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        default = lambda params: torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))  # noqa: E731
         generator_params = list(self.generator.parameters())
         if self.condition_embedding is not None:
             generator_params += list(self.condition_embedding.parameters())
-        opt_g = (self.optimizer_g_factory or default)(generator_params)
-        opt_d = (self.optimizer_d_factory or default)(self.discriminator.parameters())
-        batches = total_steps(self._trainer) // 2  # two optimiser steps per batch
+        opt_g = self.optimizer_g_factory(generator_params)
+        opt_d = self.optimizer_d_factory(self.discriminator.parameters())
+        batches = max(0, self.trainer.max_steps) // 2  # two optimiser steps per batch; 0 (unset) keeps the rates
         schedulers = [linear_decay(opt, batches, self.final_lr_fraction) for opt in (opt_g, opt_d)]
         return [opt_g, opt_d], schedulers
 
@@ -208,13 +204,8 @@ class GAN(GenerativeModule):
         return torch.randn(num_images, self.latent_dim, generator=generator).to(self.device)
 
     @torch.no_grad()
-    def generate(
-        self,
-        conditions: Conditions | None,
-        num_images: int,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-    ) -> Tensor:
+    def generate(self, conditions: Conditions | None, num_images: int, *, generator: torch.Generator | None = None,
+                 progress: bool = False, sampling: SamplingSettings | None = None) -> Tensor:
         """EMA-generator samples; without a ``generator`` the first images use the fixed ``sample_noise``."""
         latent = self._latents(num_images, generator)
         ema = self.generator_ema.module
@@ -225,7 +216,8 @@ class GAN(GenerativeModule):
         finally:
             ema.train(was_training)
 
-    def reconstruct(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
+    def reconstruct(self, batch: dict[str, Any], settings: ReconstructionSettings, *, generator: torch.Generator | None = None,
+                    sampling: SamplingSettings | None = None) -> Tensor:
         """Project real images into the EMA generator's latent space: argmin_z ||G(z, y) - x||^2 by Adam.
 
         Not under ``no_grad``: the projection needs gradients with respect to z (only z).
@@ -240,7 +232,7 @@ class GAN(GenerativeModule):
                 condition = self._condition(batch if self.conditioning != "none" else None, count)
             latent = torch.randn(count, self.latent_dim, generator=generator).to(self.device).requires_grad_(True)
             optimizer = torch.optim.Adam([latent], lr=self.projection_lr)
-            for _ in range(int(self.gan_projection_steps)):
+            for _ in range(int(settings.projection_steps)):
                 # per-image mean, summed: each latent gets its own image's gradient
                 loss = F.mse_loss(ema(latent, condition), images, reduction="none").mean(dim=(1, 2, 3)).sum()
                 optimizer.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from baselines.conditioning import ConditionEmbedding
+from models.conditioners import ConditionEmbedding
 from datamodules.info import DataInfo
 
 BASE_SIDE = 4  # side of the generator's first feature map and the discriminator's last

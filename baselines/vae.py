@@ -14,7 +14,7 @@ stays free of ImageNet features that the FD extractor might share):
   et al. 2021, without the focal weighting), which restores high-frequency energy.
 
 With ``conditional: true`` it is a conditional VAE (Sohn et al. 2015): the label/attribute
-embedding of ``baselines.conditioning`` enters encoder and decoder, and ``generate`` follows the
+embedding of ``models.conditioners.ConditionEmbedding`` enters encoder and decoder, and ``generate`` follows the
 given conditions.
 """
 
@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.conditioning import ConditionEmbedding
-from models.schedules import with_warmup_cosine
 from datamodules.info import DataInfo
-from models.generative import Conditions, GenerativeModule
+from models.conditioners import ConditionEmbedding
+from models.generative import Conditions, GenerativeModule, ReconstructionSettings, SamplingSettings
+from models.schedules import with_warmup_cosine
 
 
 def _block(in_channels: int, out_channels: int, groups: int) -> nn.Sequential:
@@ -113,21 +113,19 @@ class VAE(GenerativeModule):
         optimizer: partial optimiser; ``warmup_steps`` of linear warm-up, then cosine to 0.
     """
 
-    reconstruction_protocol = "vae: encode/decode of test images (posterior mean)"
-
     def __init__(
         self,
         data_info: DataInfo | dict[str, Any],
+        optimizer: Callable[..., torch.optim.Optimizer],
         channels: Sequence[int] = (32, 64, 128),
         latent_dim: int = 128,
-        kl_weight: float = 0.01,
+        kl_weight: float = 0.02,
         kl_warmup_steps: int = 500,
-        gradient_weight: float = 0.0,
+        gradient_weight: float = 0.5,
         frequency_weight: float = 0.0,
         conditional: bool = False,
         condition_dim: int = 32,
         norm_num_groups: int = 8,
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         warmup_steps: int = 100,
     ) -> None:
         super().__init__(data_info)
@@ -196,25 +194,23 @@ class VAE(GenerativeModule):
         self.log("val/mse", out["mse"], batch_size=batch["image"].shape[0], sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))
-        return with_warmup_cosine(factory(self.parameters()), self.warmup_steps, self._trainer)
+        return with_warmup_cosine(self.optimizer_factory(self.parameters()), self.warmup_steps, self.trainer.max_steps)
 
     # ---------------------------------------------------------------------------------------
     # the GenerativeModule contract
     @torch.no_grad()
-    def generate(
-        self,
-        conditions: Conditions | None,
-        num_images: int,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-    ) -> Tensor:
+    def generate(self, conditions: Conditions | None, num_images: int, *, generator: torch.Generator | None = None,
+                 progress: bool = False, sampling: SamplingSettings | None = None) -> Tensor:
         # z ~ N(0, I) drawn on the CPU generator: the same seed gives the same images on any device
         latent = torch.randn(num_images, self.latent_dim, generator=generator).to(self.device)
         return self.decoder(latent, self._condition(conditions, num_images)).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def reconstruct(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
+    def reconstruct(self, batch: dict[str, Any], settings: ReconstructionSettings, *, generator: torch.Generator | None = None,
+                    sampling: SamplingSettings | None = None) -> Tensor:
         images = batch["image"].to(self.device)
         reconstruction, _, _ = self(images, self._condition(batch, images.shape[0]), sample=False)
         return reconstruction.clamp(-1.0, 1.0)
+
+    def reconstruction_protocol(self, settings: ReconstructionSettings, sampling: SamplingSettings | None = None) -> str:
+        return "vae: encode/decode of test images (posterior mean)"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,13 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from datamodules.cache import default_cache_dir
+
 
 def cache_root(eval_cfg: Any = None) -> Path:
     """``eval.cache_dir`` if set, else ``$DERMSYNTH_CACHE``, else ``~/.cache/dermsynth``."""
     configured = eval_cfg.get("cache_dir") if eval_cfg is not None and hasattr(eval_cfg, "get") else None
-    root = configured or os.environ.get("DERMSYNTH_CACHE") or Path.home() / ".cache" / "dermsynth"
-    return Path(root)
+    return Path(configured) if configured else default_cache_dir()
 
 
 def split_hash(dataset: Any) -> str:

@@ -99,7 +99,7 @@ REQUIRED_KEYS = (
 TARGETS: dict[str, tuple[str, float]] = {
     "data.loader_over_step_demand": (">=", 5.0),
     "train.lightning_over_bare": ("<=", 1.10),
-    "train.hybrid_over_ddpm": ("<=", 1.25),
+    "train.hybrid_over_ddpm": ("<=", 1.15),
     "sample.dpm20_fd_over_ddpm1000": ("<=", 1.10),
     "sample.nfe_ratio": (">=", 50.0),
     "eval.warm_real_set_passes": ("==", 0.0),

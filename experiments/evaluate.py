@@ -6,7 +6,7 @@
 Settings: configs/evaluate.yaml, which holds the run config, so any run key can be overridden
 (``eval.split=test``, ``eval.seeds=[0,1,2]``, ``eval.num_generated=2000``) and a typo fails listing the
 valid keys. With ``ckpt=`` the run config stored in the checkpoint is the base and the overrides apply
-on top of it; ``model.guidance_scale``, ``model.sampler.name`` and ``model.sampler.steps`` change how
+on top of it; ``model.guidance.scale``, ``model.sampler.name`` and ``model.sampler.steps`` change how
 the checkpoint samples (passed to it as ``SamplingSettings``). A checkpoint's evaluation goes into a
 new folder, ``<run>/eval/<split>_<time>/`` or ``out=DIR``, never over a metrics.json (the run's own
 included); data whose fingerprint differs from the checkpoint's is refused. Folder mode writes into
@@ -41,6 +41,7 @@ from evaluation.schema import empty_metrics, read_metrics_json, write_metrics_js
 from experiments.command import command, task_overrides
 from experiments.compose import checkpoint_config, parse_overrides, with_checkpoint_data
 from models.checkpoint import build_stored_datamodule, load_generator, read_checkpoint, stored_config
+from models.generative import SamplingSettings
 
 OWN_KEYS = ("ckpt", "real", "fake", "out", "size")  # the command's own keys in configs/evaluate.yaml
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -92,11 +93,11 @@ def evaluate_folders(real_dir: str | Path, fake_dir: str | Path, eval_cfg: Any, 
     return metrics
 
 
-SAMPLING_KEYS = {"model.guidance_scale": "guidance_scale", "model.sampler.name": "sampler", "model.sampler.steps": "steps"}
+SAMPLING_KEYS = {"model.guidance.scale": "guidance_scale", "model.sampler.name": "sampler", "model.sampler.steps": "steps"}
 
 
 def sampling_settings(overrides: list[str]) -> SamplingSettings:
-    """``model.guidance_scale`` / ``model.sampler.name`` / ``model.sampler.steps`` as the settings the model samples with.
+    """``model.guidance.scale`` / ``model.sampler.name`` / ``model.sampler.steps`` as the settings the model samples with.
 
     Other ``model.*`` keys would need retraining: they fail instead of being silently ignored.
     """

@@ -17,12 +17,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors.torch import save_file
 
 from datamodules.atomic import apply_umask_mode
 from datamodules.licences import INTENDED_USE, licence_of, write_notice
 from experiments.command import command
+from models.containers import safe_container
 from models.generative import GenerativeModule
 
 
@@ -33,8 +34,8 @@ def export_model(model: GenerativeModule, out: str | Path) -> Path:
         raise ValueError(f"{type(model).__name__} is not a diffusion generator (no unet / noise process) and has no diffusers export")
     out.mkdir(parents=True, exist_ok=True)
     model.unet.save_pretrained(str(out / "unet"), safe_serialization=True)
-    sampler = getattr(model, "sampler_name", "ddim")
-    model.noise.scheduler(sampler).save_pretrained(str(out / "scheduler"))
+    sampling = model.sampling_description()
+    model.noise.scheduler(sampling["sampler"]).save_pretrained(str(out / "scheduler"))
     text_encoder = getattr(model, "text_encoder", None)
     if text_encoder is not None:
         text_encoder.save_pretrained(out / "text_encoder", out / "tokenizer")
@@ -42,11 +43,12 @@ def export_model(model: GenerativeModule, out: str | Path) -> Path:
     if fusion is not None:
         (out / "fusion").mkdir(exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in fusion.state_dict().items()}, str(out / "fusion" / "fusion.safetensors"))
-        fusion_cfg = (model.hparams.get("fusion") or {}) if hasattr(model, "hparams") else {}
+        conditioner_cfg = safe_container(model.hparams["conditioner"])  # the Hydra partial as plain values
+        fusion_cfg = {k: v for k, v in conditioner_cfg["fusion"].items() if not k.startswith("_")}
         (out / "fusion" / "config.json").write_text(json.dumps({
             "enabled": fusion.enabled, "weight": fusion.weight, "text_components": fusion.text_components,
             "visual_components": fusion.visual_components, "attribute_names": list(fusion.attribute_names),
-            **_plain(fusion_cfg),
+            "prior_prob": model.conditioner.prior_prob, "reference_source": model.conditioner.reference_source, **fusion_cfg,
         }, indent=1, default=str))
     head = getattr(model, "align_head", None)
     if head is not None:
@@ -54,22 +56,18 @@ def export_model(model: GenerativeModule, out: str | Path) -> Path:
     (out / "dermsynth.json").write_text(json.dumps({
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
         "data_info": model.data_info.to_dict(),
-        "guidance_scale": getattr(model, "guidance_scale", None),
-        "sampler": {"name": sampler, "steps": getattr(model, "sampler_steps", None)},
+        "guidance_scale": sampling["guidance_scale"],
+        "sampler": {"name": sampling["sampler"], "steps": sampling["steps"]},
         "patch_size": getattr(model, "patch_size", 1),
         "run_config": model.run_config,
     }, indent=1, default=str))
-    (out / "README.md").write_text(model_card(model, sampler))
+    (out / "README.md").write_text(model_card(model, sampling))
     apply_umask_mode(out.rglob("*.safetensors"))  # shared as any other file, not 0600
     write_notice(out, model.data_info.source, "A generator")
     return out
 
 
-def _plain(value: Any) -> dict[str, Any]:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else dict(value)
-
-
-def model_card(model: GenerativeModule, sampler: str) -> str:
+def model_card(model: GenerativeModule, sampling: dict[str, Any]) -> str:
     info = model.data_info
     params = sum(p.numel() for p in model.unet.parameters())
     unet_cls = type(model.unet).__name__
@@ -83,7 +81,7 @@ def model_card(model: GenerativeModule, sampler: str) -> str:
         f"- training data: {licence_of(info.source)[0]}; licence: {licence_of(info.source)[1]} (see `NOTICE`)",
         f"- denoiser: `{unet_cls}`, {params / 1e6:.2f} M parameters, prediction `{model.noise.prediction_type}`, "
         f"schedule `{model.noise.config['beta_schedule']}` (T = {model.noise.num_train_timesteps})",
-        f"- sampler: `{sampler}`, {getattr(model, 'sampler_steps', '?')} steps, guidance scale {getattr(model, 'guidance_scale', 'n/a')}",
+        f"- sampler: `{sampling['sampler']}`, {sampling['steps']} steps, guidance scale {sampling['guidance_scale'] or 'n/a'}",
         f"- diagnoses: {', '.join(info.class_names)}; attributes: {', '.join(info.attribute_names) or 'none'}",
     ]
     if patch > 1:

@@ -32,9 +32,11 @@ from tqdm.auto import tqdm
 
 from datamodules.info import DataInfo
 from datamodules.licences import write_notice
+from evaluation.data import take
 from experiments.command import command
 from experiments.generated_set import clear_previous_set, planned_files, previous_set, write_manifest
-from models.generative import GenerativeModule
+from models.conditioners import prompt_conditions
+from models.generative import GenerativeModule, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,32 +53,15 @@ def load_reference(path: str | Path, size: int) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
-def prompt_conditions(model: GenerativeModule, prompts: list[str]) -> dict[str, Any]:
-    """Conditions for free prompts: captions plus whatever label/attributes/skin tone they name."""
-    from datamodules.captions import parse_caption
-
-    info = model.data_info
-    parsed = [parse_caption(p, info) for p in prompts]
-    return {
-        "caption": list(prompts),
-        "label": torch.tensor([p.get("label", -1) for p in parsed]),
-        "attributes": {n: torch.tensor([p.get("attributes", {}).get(n, -1) for p in parsed]) for n in info.attribute_names},
-        "skin_tone": torch.tensor([p.get("skin_tone", 0) for p in parsed]),
-    }
-
-
-def apply_sampling_settings(model: GenerativeModule, guidance_scale: float | None, sampler: str | None, steps: int | None) -> None:
-    """Override the model's guidance and sampler; a model without such a setting fails clearly."""
-    for attribute, value in (("guidance_scale", guidance_scale), ("sampler_name", sampler), ("sampler_steps", steps)):
-        if value is None:
-            continue
-        if not hasattr(model, attribute):
-            raise ValueError(f"{type(model).__name__} has no '{attribute}' setting to override")
-        if attribute == "sampler_name":
-            from models.diffusion import sampler_name
-
-            value = sampler_name(str(value))
-        setattr(model, attribute, type(getattr(model, attribute))(value))
+def sampling_settings(model: GenerativeModule, guidance_scale: float | None, sampler: str | None, steps: int | None) -> SamplingSettings:
+    """The requested sampling overrides; one the model has no such setting for fails clearly."""
+    settings = SamplingSettings(sampler=sampler, steps=None if steps is None else int(steps), guidance_scale=guidance_scale)
+    described = model.sampling_description()
+    for name, value in (("sampler", sampler), ("steps", steps), ("guidance_scale", guidance_scale)):
+        if value is not None and described.get(name) is None:
+            raise ValueError(f"{type(model).__name__} has no '{name}' setting to override")
+    model.sampling_description(settings)  # an unknown sampler name fails here, before any image is drawn
+    return settings
 
 
 @torch.no_grad()
@@ -89,6 +74,7 @@ def generate_images(
     batch_size: int = 32,
     reference: Tensor | None = None,
     progress: bool = False,
+    sampling: SamplingSettings | None = None,
 ) -> list[dict[str, Any]]:
     """Generate ``num_images`` into ``out`` and write the CSVs; returns the metadata rows.
 
@@ -99,14 +85,14 @@ def generate_images(
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
     rows: list[dict[str, Any]] = []
-    sampler, steps = getattr(model, "sampler_name", ""), getattr(model, "sampler_steps", "")
-    guidance = getattr(model, "guidance_scale", "")
+    described = model.sampling_description(sampling)
+    sampler, steps, guidance = (described.get(key, "") for key in ("sampler", "steps", "guidance_scale"))
     for batch_index, start in enumerate(tqdm(range(0, num_images, batch_size), disable=not progress, desc="generate")):
         count = min(batch_size, num_images - start)
-        chunk = None if conditions is None else _take(conditions, slice(start, start + count))
+        chunk = None if conditions is None else take(conditions, slice(start, start + count))
         if chunk is not None and reference is not None:
             chunk["reference"] = reference.expand(count, -1, -1, -1).to(model.device)
-        images = model.generate(chunk, count, generator=torch.Generator().manual_seed(seed + batch_index))
+        images = model.generate(chunk, count, generator=torch.Generator().manual_seed(seed + batch_index), sampling=sampling)
         pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         for row in range(count):
             name = f"{start + row:05d}.png"
@@ -128,13 +114,6 @@ def generate_images(
                 "age": "", "sex": "", "localization": ""} for r in rows]
         _write_csv(out / "ham10000_metadata.csv", ham, ["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization"])
     return rows
-
-
-def _take(conditions: dict[str, Any], rows: slice) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in conditions.items():
-        out[key] = _take(value, rows) if isinstance(value, dict) else value[rows]
-    return out
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -213,7 +192,7 @@ def build_conditions(model: GenerativeModule, cfg: DictConfig) -> tuple[dict[str
     unknown = {p: problems for p in dict.fromkeys(lines) if (problems := unrecognised(p, parse_caption(p, model.data_info), model.data_info))}
     for prompt, problems in unknown.items():
         log.warning("prompt %r names %s; it is generated as written and recorded in generate.json", prompt, " and ".join(problems))
-    return prompt_conditions(model, [lines[i % len(lines)] for i in range(cfg.num_images)]), unknown
+    return prompt_conditions([lines[i % len(lines)] for i in range(cfg.num_images)], model.data_info), unknown
 
 
 def generate(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -225,7 +204,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model = load_generator(cfg.ckpt, use_ema=cfg.use_ema, map_location=device)
     check_conditioning(model, cfg)
-    apply_sampling_settings(model, cfg.guidance_scale, cfg.sampler.name, cfg.sampler.steps)
+    sampling = sampling_settings(model, cfg.guidance_scale, cfg.sampler.name, cfg.sampler.steps)
     reference = load_reference(cfg.reference, model.image_size) if cfg.reference else None
     conditions, unknown = build_conditions(model, cfg)
     out = clear_previous_set(cfg.out, previous)
@@ -233,7 +212,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     record = {"checkpoint": str(Path(cfg.ckpt).absolute()), "settings": OmegaConf.to_container(cfg, resolve=True),
               "unrecognised_prompts": unknown}
     write_manifest(out, files, record, complete=False)  # first, so overwrite=true can clear a half-written set
-    rows = generate_images(model, out, conditions, cfg.num_images, cfg.seed, cfg.batch_size, reference, cfg.progress)
+    rows = generate_images(model, out, conditions, cfg.num_images, cfg.seed, cfg.batch_size, reference, cfg.progress, sampling)
     write_notice(out, model.data_info.source, "Images generated by a model")
     if cfg.grid:
         save_captioned_grid(rows, out, int(cfg.grid_columns))

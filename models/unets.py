@@ -1,8 +1,9 @@
 """Denoiser builders: one size family of diffusers UNets for the hybrid and the DDPM baselines.
 
-Both builders read the same size keys (``block_out_channels``, ``layers_per_block``,
-``attention_levels``, ``patch_size``, ...) so that ``ddpm``, ``ddpm_class`` and ``hybrid``
-differ only in conditioning.
+One builder, ``build_unet``, reads the size keys (``block_out_channels``, ``layers_per_block``,
+``attention_levels``, ``patch_size``, ...) of ``model/_diffusion.yaml``; the conditioner adds
+what it feeds the UNet (a label vector, or text tokens and a global vector), so ``ddpm``,
+``ddpm_class`` and ``hybrid`` differ only in conditioning.
 
 ``patch_size`` p > 1 runs the UNet on p x p patches folded into channels (space-to-depth, as
 "simple diffusion", Hoogeboom et al. 2023): a 32 px RGB image becomes a 16 px, 12-channel one.
@@ -16,19 +17,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel, UNet2DModel
+from einops import rearrange
 from torch import Tensor, nn
 
 
 def patchify(images: Tensor, patch_size: int) -> Tensor:
     """(B, C, H, W) -> (B, C * p^2, H / p, W / p): each p x p patch becomes one position."""
-    return F.pixel_unshuffle(images, patch_size) if patch_size > 1 else images
+    if patch_size == 1:
+        return images
+    return rearrange(images, "b c (h p1) (w p2) -> b (c p1 p2) h w", p1=patch_size, p2=patch_size)
 
 
 def unpatchify(patches: Tensor, patch_size: int) -> Tensor:
     """Inverse of ``patchify``."""
-    return F.pixel_shuffle(patches, patch_size) if patch_size > 1 else patches
+    if patch_size == 1:
+        return patches
+    return rearrange(patches, "b (c p1 p2) h w -> b c (h p1) (w p2)", p1=patch_size, p2=patch_size)
 
 
 def _block_types(attention_levels: Sequence[bool], attention: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -60,95 +65,60 @@ def _check_sizes(
 def build_unet(
     *,
     image_size: int,
-    in_channels: int = 3,
-    out_channels: int = 3,
     block_out_channels: Sequence[int] = (32, 64, 64),
     layers_per_block: int = 1,
     attention_levels: Sequence[bool] = (False, False, True),
     attention_head_dim: int = 8,
     norm_num_groups: int = 8,
     dropout: float = 0.0,
-    patch_size: int = 1,
+    patch_size: int = 2,
     time_scale_shift: bool = False,
-    num_class_embeds: int | None = None,
+    in_channels: int = 3,
+    out_channels: int = 3,
     class_embed_type: str | None = None,
-) -> UNet2DModel:
-    """Unconditional (or class-embedded) ``UNet2DModel``; self-attention where ``attention_levels``.
-
-    ``num_class_embeds`` adds a learned label embedding to the time embedding (``class_labels``
-    in the forward); ``class_embed_type="identity"`` takes a ready (B, time_embed_dim) vector
-    instead, e.g. a sum of label and attribute embeddings (time_embed_dim = 4 * channels[0]).
-    With ``patch_size`` p the model takes ``patchify(images, p)``.
-    """
-    _check_sizes(image_size, block_out_channels, attention_levels, norm_num_groups, patch_size)
-    down, up = _block_types(attention_levels, "Attn")
-    return UNet2DModel(
-        sample_size=image_size // patch_size,
-        in_channels=in_channels * patch_size**2,
-        out_channels=out_channels * patch_size**2,
-        block_out_channels=tuple(block_out_channels),
-        layers_per_block=layers_per_block,
-        down_block_types=down,
-        up_block_types=up,
-        attention_head_dim=attention_head_dim,
-        norm_num_groups=norm_num_groups,
-        dropout=dropout,
-        num_class_embeds=num_class_embeds,
-        class_embed_type=class_embed_type,
-        resnet_time_scale_shift="scale_shift" if time_scale_shift else "default",
-    )
-
-
-def build_conditional_unet(
-    *,
-    image_size: int,
-    in_channels: int = 3,
-    out_channels: int = 3,
-    block_out_channels: Sequence[int] = (32, 64, 64),
-    layers_per_block: int = 1,
-    attention_levels: Sequence[bool] = (False, False, True),
-    attention_head_dim: int = 8,
-    norm_num_groups: int = 8,
-    dropout: float = 0.0,
-    patch_size: int = 1,
-    time_scale_shift: bool = False,
-    cross_attention_dim: int = 128,
+    cross_attention_dim: int | None = None,
     encoder_hid_dim: int | None = None,
     global_dim: int | None = None,
-) -> UNet2DConditionModel:
-    """Text-conditioned ``UNet2DConditionModel``: cross-attention where ``attention_levels`` and mid.
+) -> UNet2DModel | UNet2DConditionModel:
+    """The denoiser of every diffusion model here; the conditioner decides the last four arguments.
+
+    Without ``cross_attention_dim`` a ``UNet2DModel`` with self-attention where ``attention_levels``;
+    with it a ``UNet2DConditionModel`` with cross-attention there and in the middle block.
 
     Args:
+        patch_size: the model takes ``patchify(images, patch_size)`` (see the module docstring).
+        time_scale_shift: the timestep (+ conditioning) embedding scales and shifts each ResNet
+            block's normalised features (AdaGN, Dhariwal & Nichol 2021) instead of only adding a bias.
+        class_embed_type: ``"identity"`` adds a ready (B, 4 * block_out_channels[0]) vector
+            (``class_labels``) to the timestep embedding (the label embedding of ``ddpm_class``).
         cross_attention_dim: width of the key/value tokens inside the UNet.
         encoder_hid_dim: width of the text encoder's token states; when it differs from
             ``cross_attention_dim`` the UNet learns a linear ``text_proj`` (part of the export).
-        global_dim: width of the global conditioning vector, projected by an MLP and added to
-            the timestep embedding (diffusers ``class_embed_type="projection"``); None = none.
-        patch_size: the model takes ``patchify(images, patch_size)`` (see the module docstring).
-        time_scale_shift: the timestep (+ global) embedding scales and shifts each ResNet block's
-            normalised features (AdaGN, Dhariwal & Nichol 2021) instead of only adding a bias.
+        global_dim: width of a global conditioning vector, projected by an MLP and added to the
+            timestep embedding (diffusers ``class_embed_type="projection"``).
     """
     _check_sizes(image_size, block_out_channels, attention_levels, norm_num_groups, patch_size)
-    down, up = _block_types(attention_levels, "CrossAttn")
-    project_text = encoder_hid_dim is not None and encoder_hid_dim != cross_attention_dim
-    return UNet2DConditionModel(
+    common = dict(
         sample_size=image_size // patch_size,
         in_channels=in_channels * patch_size**2,
         out_channels=out_channels * patch_size**2,
         block_out_channels=tuple(block_out_channels),
         layers_per_block=layers_per_block,
-        down_block_types=down,
-        up_block_types=up,
-        mid_block_type="UNetMidBlock2DCrossAttn",
         attention_head_dim=attention_head_dim,
         norm_num_groups=norm_num_groups,
         dropout=dropout,
-        cross_attention_dim=cross_attention_dim,
-        encoder_hid_dim=encoder_hid_dim if project_text else None,
-        encoder_hid_dim_type="text_proj" if project_text else None,
-        class_embed_type="projection" if global_dim else None,
-        projection_class_embeddings_input_dim=global_dim if global_dim else None,
         resnet_time_scale_shift="scale_shift" if time_scale_shift else "default",
+    )
+    if cross_attention_dim is None:
+        down, up = _block_types(attention_levels, "Attn")
+        return UNet2DModel(**common, down_block_types=down, up_block_types=up, class_embed_type=class_embed_type)
+    down, up = _block_types(attention_levels, "CrossAttn")
+    project_text = encoder_hid_dim is not None and encoder_hid_dim != cross_attention_dim
+    return UNet2DConditionModel(
+        **common, down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=cross_attention_dim,
+        encoder_hid_dim=encoder_hid_dim if project_text else None, encoder_hid_dim_type="text_proj" if project_text else None,
+        class_embed_type="projection" if global_dim else class_embed_type, projection_class_embeddings_input_dim=global_dim or None,
     )
 
 

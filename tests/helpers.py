@@ -37,3 +37,13 @@ def untrained_checkpoint(path: Path, exp: str, *overrides: str) -> Path:
     torch.save({"dermsynth_config": OmegaConf.to_container(cfg, resolve=True), "data_info": datamodule.info.to_dict(),
                 "state_dict": model.state_dict(), "global_step": 0}, path)
     return path
+
+
+def load_with_parents(path: Path) -> DictConfig:
+    """A config group option merged with the options of its ``defaults`` list (same group), as Hydra composes it."""
+    config = OmegaConf.load(path)
+    defaults = [str(entry) for entry in config.pop("defaults", [])]
+    merged = OmegaConf.create()
+    for entry in defaults if "_self_" in defaults else [*defaults, "_self_"]:
+        merged = OmegaConf.merge(merged, config if entry == "_self_" else load_with_parents(path.parent / f"{entry}.yaml"))
+    return merged

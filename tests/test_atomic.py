@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from callbacks.checkpoint import AtomicCheckpointIO
 from datamodules.atomic import atomic_path, atomic_write, remove_stale_temp_files, umask_file_mode
 from evaluation.fid import RealFeatureCache
 from evaluation.schema import METRIC_KEYS, empty_metrics, write_metrics_json
+from experiments.checkpoint_io import AtomicCheckpointIO
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o077])

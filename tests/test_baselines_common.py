@@ -1,4 +1,4 @@
-"""Shared pieces of the baselines (condition embedding, DiffAugment, schedules) and their test kit.
+"""Shared pieces of the generators (condition embedding, DiffAugment, schedules) and their test kit.
 
 The other ``test_baselines_*`` files import ``INFO``, ``make_batch``, ``TinyData``,
 ``tiny_trainer`` and ``model_config`` from here: synthetic batches in the data module's dict
@@ -17,13 +17,15 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from baselines.conditioning import ConditionEmbedding
 from baselines.diffaugment import diff_augment
-from models.schedules import linear_decay, warmup_cosine
 from datamodules.info import DataInfo
-from models.generative import GenerativeModule
+from models.conditioners import ConditionEmbedding
+from models.generative import GenerativeModule, ReconstructionSettings
+from models.schedules import linear_decay, warmup_cosine
+from tests.helpers import load_with_parents
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+RECONSTRUCTION = ReconstructionSettings(strength=0.5, projection_steps=5)  # the smoke budget's projection
 INFO = DataInfo(
     source="phantom",
     image_size=16,
@@ -87,10 +89,7 @@ def tiny_trainer(**overrides: Any) -> L.Trainer:
 
 def model_config(name: str, **overrides: Any) -> dict[str, Any]:
     """The shipped ``model/<name>.yaml`` (with its ``defaults``) merged with ``overrides``."""
-    config = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
-    for parent in config.pop("defaults", []):
-        if parent != "_self_":
-            config = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "model" / f"{parent}.yaml"), config)
+    config = load_with_parents(CONFIG_DIR / "model" / f"{name}.yaml")
     return OmegaConf.to_container(OmegaConf.merge(config, overrides), resolve=True)
 
 

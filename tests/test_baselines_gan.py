@@ -9,9 +9,10 @@ import torch
 
 from baselines.gan import GAN
 from baselines.gan_networks import Discriminator, Generator, num_levels
-from tests.test_baselines_common import INFO, TinyData, assert_images, build, conditions_of, make_batch, tiny_trainer
+from models.generative import ReconstructionSettings
+from tests.test_baselines_common import RECONSTRUCTION, INFO, TinyData, assert_images, build, conditions_of, make_batch, tiny_trainer
 
-TINY = {"latent_dim": 8, "generator_width": 8, "discriminator_width": 8, "max_width": 16, "condition_dim": 8, "gan_projection_steps": 5}
+TINY = {"latent_dim": 8, "generator_width": 8, "discriminator_width": 8, "max_width": 16, "condition_dim": 8}
 
 
 def test_networks_follow_the_image_size() -> None:
@@ -71,13 +72,11 @@ def test_projection_reconstruct_reduces_error() -> None:
     torch.manual_seed(0)
     model = build("gan", **TINY).eval()
     batch = make_batch(3)
-    assert "5 Adam steps" in model.reconstruction_protocol
+    assert "5 Adam steps" in model.reconstruction_protocol(RECONSTRUCTION)
     generator = torch.Generator().manual_seed(0)
-    model.gan_projection_steps = 0
-    start = model.reconstruct(batch, generator=torch.Generator().manual_seed(0))
-    model.gan_projection_steps = 30
+    start = model.reconstruct(batch, ReconstructionSettings(strength=0.5, projection_steps=0), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # the projection enables gradients itself
-        projected = model.reconstruct(batch, generator=generator)
+        projected = model.reconstruct(batch, ReconstructionSettings(strength=0.5, projection_steps=30), generator=generator)
     assert_images(projected, 3)
     error = lambda x: float(((x - batch["image"]) ** 2).mean())  # noqa: E731
     assert error(projected) < error(start)

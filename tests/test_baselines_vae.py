@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from baselines.vae import VAE
-from tests.test_baselines_common import INFO, TinyData, assert_images, build, conditions_of, make_batch, tiny_trainer
+from tests.test_baselines_common import RECONSTRUCTION, INFO, TinyData, assert_images, build, conditions_of, make_batch, tiny_trainer
 
 TINY = {"channels": [8, 16], "latent_dim": 8, "norm_num_groups": 4, "condition_dim": 8, "frequency_weight": 0.1}
 
@@ -38,10 +38,10 @@ def test_reconstruction_is_the_posterior_mean() -> None:
     torch.manual_seed(0)
     model = build("vae", **TINY).eval()
     batch = make_batch(5)
-    first = model.reconstruct(batch)
+    first = model.reconstruct(batch, RECONSTRUCTION)
     assert_images(first, 5)
-    assert torch.equal(first, model.reconstruct(batch))  # deterministic: no posterior sampling
-    assert "posterior mean" in model.reconstruction_protocol
+    assert torch.equal(first, model.reconstruct(batch, RECONSTRUCTION))  # deterministic: no posterior sampling
+    assert "posterior mean" in model.reconstruction_protocol(RECONSTRUCTION)
 
 
 def test_reconstruction_improves_with_training() -> None:
@@ -49,7 +49,7 @@ def test_reconstruction_improves_with_training() -> None:
     torch.manual_seed(0)
     model = build("vae", **{**TINY, "kl_warmup_steps": 0, "gradient_weight": 0.0, "frequency_weight": 0.0})
     batch = make_batch(8)
-    error = lambda: float(((model.reconstruct(batch) - batch["image"]) ** 2).mean())  # noqa: E731
+    error = lambda: float(((model.reconstruct(batch, RECONSTRUCTION) - batch["image"]) ** 2).mean())  # noqa: E731
     start = error()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(150):

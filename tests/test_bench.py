@@ -30,7 +30,7 @@ def positive(value: object) -> bool:
 
 
 def test_channels_last_keeps_outputs_and_state_dict_keys() -> None:
-    unet = build_unet(image_size=8, block_out_channels=(8, 16), attention_levels=(False, True), norm_num_groups=8).eval()
+    unet = build_unet(image_size=8, block_out_channels=(8, 16), attention_levels=(False, True), norm_num_groups=8, patch_size=1).eval()
     sample, timestep = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 500])
     keys = list(unet.state_dict())
     with torch.no_grad():

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from models.diffusion import NoiseProcess, classifier_free_guidance, sampler_name
-from models.unets import build_conditional_unet, build_unet, count_parameters, patchify, unpatchify
+from models.unets import build_unet, count_parameters, patchify, unpatchify
 
 DATA_MEAN, DATA_STD = 0.2, 0.3
 
@@ -29,7 +29,7 @@ def gaussian_oracle(process: NoiseProcess, mean: float = DATA_MEAN, std: float =
 @pytest.mark.parametrize("schedule", ["squaredcos_cap_v2", "linear"])
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 def test_forward_process_matches_diffusers(schedule: str, prediction: str) -> None:
-    process = NoiseProcess(beta_schedule=schedule, prediction_type=prediction)
+    process = NoiseProcess(beta_schedule=schedule, prediction_type=prediction, min_snr_gamma=None, snr_floor=0.0)
     reference = DDPMScheduler(num_train_timesteps=1000, beta_schedule=schedule, prediction_type=prediction)
     x0, noise = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 3, 8, 8)
     t = torch.tensor([0, 10, 500, 999])
@@ -45,7 +45,7 @@ def test_forward_process_matches_diffusers(schedule: str, prediction: str) -> No
 
 
 def test_training_loss_shapes_weights_and_gradient() -> None:
-    process = NoiseProcess(min_snr_gamma=5.0)
+    process = NoiseProcess(min_snr_gamma=5.0, snr_floor=0.0, prediction_type="epsilon")
     net = torch.nn.Conv2d(3, 3, 3, padding=1)
     x0 = torch.rand(6, 3, 8, 8) * 2 - 1
     loss, aux = process.training_loss(lambda x, t: net(x), x0, generator=torch.Generator().manual_seed(0))
@@ -62,11 +62,11 @@ def test_min_snr_weight_formula() -> None:
     t = torch.tensor([1, 300, 700, 999])
     # per-target weights: eps-loss = SNR * x0-loss, v-loss = (SNR + 1) * x0-loss, x0-loss = 1 * x0-loss
     for prediction, divisor in (("epsilon", lambda snr: snr), ("v_prediction", lambda snr: snr + 1), ("sample", lambda snr: 1.0)):
-        process = NoiseProcess(min_snr_gamma=5.0, prediction_type=prediction)
+        process = NoiseProcess(min_snr_gamma=5.0, snr_floor=0.0, prediction_type=prediction)
         alpha_bar = process.alphas_cumprod[t]
         snr = alpha_bar / (1 - alpha_bar)
         torch.testing.assert_close(process.loss_weight(t), snr.clamp(max=5.0) / divisor(snr))
-    assert torch.equal(NoiseProcess().loss_weight(t), torch.ones(4))
+    assert torch.equal(NoiseProcess(min_snr_gamma=None, snr_floor=0.0).loss_weight(t), torch.ones(4))
 
 
 def test_snr_floor_keeps_high_noise_weight_and_caps_low_noise() -> None:
@@ -80,13 +80,13 @@ def test_snr_floor_keeps_high_noise_weight_and_caps_low_noise() -> None:
     with pytest.raises(ValueError, match="snr_floor"):
         NoiseProcess(min_snr_gamma=5.0, snr_floor=1.0, prediction_type="epsilon")
     with pytest.raises(ValueError, match="snr_floor"):
-        NoiseProcess(snr_floor=1.0)  # no gamma to cap it
+        NoiseProcess(min_snr_gamma=None, snr_floor=1.0)  # no gamma to cap it
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("sampler, steps", [("ddpm", 50), ("ddim", 50), ("dpm_solver++", 20), ("dpm_solver++", 10)])
 def test_every_sampler_is_finite_with_the_data_statistics(sampler: str, steps: int, prediction: str) -> None:
-    process = NoiseProcess(prediction_type=prediction)  # cosine schedule: the DPM-Solver++ pitfall
+    process = NoiseProcess(prediction_type=prediction, min_snr_gamma=None, snr_floor=0.0)  # cosine schedule: the DPM-Solver++ pitfall
     images = process.sample(gaussian_oracle(process), (64, 3, 8, 8), sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(1))
     assert images.shape == (64, 3, 8, 8) and torch.isfinite(images).all()
     assert abs(images.mean().item() - DATA_MEAN) < 0.03
@@ -110,7 +110,7 @@ def test_reconstruction_strength() -> None:
     process = NoiseProcess()
     oracle = gaussian_oracle(process)
     x0 = DATA_MEAN + DATA_STD * torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(123))
-    assert torch.equal(process.reconstruct(oracle, x0, strength=0.0, steps=20), x0.clamp(-1, 1))
+    assert torch.equal(process.reconstruct(oracle, x0, strength=0.0, sampler="ddim", steps=20), x0.clamp(-1, 1))
     errors = []
     for strength in (0.1, 0.5, 1.0):
         recon = process.reconstruct(oracle, x0, strength=strength, sampler="ddim", steps=20, generator=torch.Generator().manual_seed(0))
@@ -134,19 +134,19 @@ def test_classifier_free_guidance_is_one_doubled_forward() -> None:
     assert calls == [8] and torch.allclose(out, torch.full_like(out, 3.0))
 
 
-def test_unet_builders_share_a_size_family() -> None:
-    sizes = dict(block_out_channels=(8, 16), attention_levels=(False, True), attention_head_dim=4, norm_num_groups=4)
+def test_one_unet_builder_serves_every_conditioning() -> None:
+    sizes = dict(block_out_channels=(8, 16), attention_levels=(False, True), attention_head_dim=4, norm_num_groups=4, patch_size=1)
     plain = build_unet(image_size=16, **sizes)
-    conditional = build_conditional_unet(image_size=16, cross_attention_dim=16, encoder_hid_dim=24, global_dim=6, **sizes)
+    conditional = build_unet(image_size=16, cross_attention_dim=16, encoder_hid_dim=24, global_dim=6, **sizes)
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 700])
     assert plain(x, t).sample.shape == x.shape
     out = conditional(x, t, encoder_hidden_states=torch.randn(2, 5, 24), class_labels=torch.randn(2, 6)).sample
     assert out.shape == x.shape
-    labelled = build_unet(image_size=16, num_class_embeds=3, **sizes)
-    assert labelled(x, t, class_labels=torch.tensor([0, 2])).sample.shape == x.shape
+    labelled = build_unet(image_size=16, class_embed_type="identity", **sizes)  # a label vector of the time embedding's width
+    assert labelled(x, t, class_labels=torch.randn(2, 4 * 8)).sample.shape == x.shape
     assert 0 < count_parameters(plain) < count_parameters(conditional)
     with pytest.raises(ValueError, match="divisible"):
-        build_unet(image_size=18, block_out_channels=(8, 16, 16), attention_levels=(False, False, True), norm_num_groups=4)
+        build_unet(image_size=18, block_out_channels=(8, 16, 16), attention_levels=(False, False, True), norm_num_groups=4, patch_size=1)
 
 
 def test_patched_unet_runs_on_folded_patches() -> None:
@@ -166,16 +166,15 @@ def test_patched_unet_runs_on_folded_patches() -> None:
 
 
 def test_default_cpu_unet_is_about_two_million_parameters() -> None:
-    unet = build_conditional_unet(image_size=32, encoder_hid_dim=384, global_dim=64)
+    unet = build_unet(image_size=32, cross_attention_dim=128, encoder_hid_dim=384, global_dim=64)  # the hybrid's
     assert 1.0e6 < count_parameters(unet) < 3.0e6
 
 
 @pytest.mark.parametrize("builder", ["plain", "conditional"])
 def test_time_scale_shift_modulates_every_resnet_block(builder: str) -> None:
-    sizes = dict(block_out_channels=(8, 16), attention_levels=(False, True), attention_head_dim=4, norm_num_groups=4)
+    sizes = dict(block_out_channels=(8, 16), attention_levels=(False, True), attention_head_dim=4, norm_num_groups=4, patch_size=1)
     extra = dict(cross_attention_dim=16, encoder_hid_dim=24, global_dim=6) if builder == "conditional" else {}
-    build = build_conditional_unet if builder == "conditional" else build_unet
-    additive, adagn = build(image_size=16, **sizes, **extra), build(image_size=16, time_scale_shift=True, **sizes, **extra)
+    additive, adagn = build_unet(image_size=16, **sizes, **extra), build_unet(image_size=16, time_scale_shift=True, **sizes, **extra)
     assert additive.config.resnet_time_scale_shift == "default" and adagn.config.resnet_time_scale_shift == "scale_shift"
 
     def resnets(unet: torch.nn.Module) -> list[torch.nn.Module]:

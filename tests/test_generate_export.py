@@ -17,7 +17,8 @@ from datamodules.atomic import umask_file_mode
 from experiments.command import command_line
 from experiments.compose import checkpoint_config, compose_config, explain_overrides
 from experiments.export import export_model
-from experiments.generate import apply_sampling_settings, generate_images, prompt_conditions
+from experiments.generate import generate_images, sampling_settings
+from models.conditioners import prompt_conditions
 from models.hybrid import HybridDiffusion
 from tests.test_hybrid import build, make_batch
 
@@ -25,19 +26,16 @@ from tests.test_hybrid import build, make_batch
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> HybridDiffusion:
     model = build(tmp_path_factory.mktemp("gen_cache"))
-    model.fit_fusion([make_batch(24, seed=1, with_index=True)])
+    model.conditioner.fit([make_batch(24, seed=1, with_index=True)])
     return model.eval()
 
 
 def test_generate_writes_images_and_metadata(model: HybridDiffusion, tmp_path: Path) -> None:
     prompts = ["malignant lesion with an irregular border on Fitzpatrick type V skin", "normal skin; rm -rf / <b>"]
-    conditions = prompt_conditions(model, [prompts[i % 2] for i in range(5)])
+    conditions = prompt_conditions([prompts[i % 2] for i in range(5)], model.data_info)
     assert conditions["label"].tolist() == [1, 2, 1, 2, 1] and conditions["skin_tone"][0] == 5
-    apply_sampling_settings(model, guidance_scale=2.0, sampler="dpm++", steps=3)
-    try:
-        rows = generate_images(model, tmp_path / "out", conditions, 5, seed=4, batch_size=2)
-    finally:
-        apply_sampling_settings(model, guidance_scale=3.0, sampler="ddim", steps=4)
+    sampling = sampling_settings(model, guidance_scale=2.0, sampler="dpm++", steps=3)
+    rows = generate_images(model, tmp_path / "out", conditions, 5, seed=4, batch_size=2, sampling=sampling)
     files = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert files == [f"{i:05d}.png" for i in range(5)]  # names never come from prompts
     assert Image.open(tmp_path / "out" / files[0]).size == (16, 16)
@@ -54,7 +52,7 @@ def test_generate_writes_images_and_metadata(model: HybridDiffusion, tmp_path: P
 
 
 def test_generate_is_reproducible(model: HybridDiffusion, tmp_path: Path) -> None:
-    conditions = prompt_conditions(model, ["benign lesion"] * 2)
+    conditions = prompt_conditions(["benign lesion"] * 2, model.data_info)
     generate_images(model, tmp_path / "a", conditions, 2, seed=1)
     generate_images(model, tmp_path / "b", conditions, 2, seed=1)
     assert (tmp_path / "a" / "00001.png").read_bytes() == (tmp_path / "b" / "00001.png").read_bytes()
@@ -79,8 +77,9 @@ def test_export_loads_with_plain_diffusers(model: HybridDiffusion, tmp_path: Pat
     assert scheduler.config.beta_schedule == model.noise.config["beta_schedule"]
     assert scheduler.config.prediction_type == model.noise.prediction_type
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 500])
-    conditioning = model.encode_conditions({k: v for k, v in make_batch(2).items() if k != "image"})
-    kwargs = dict(encoder_hidden_states=conditioning["tokens"], encoder_attention_mask=conditioning["mask"], class_labels=conditioning["global"])
+    conditioning = model.conditioner({k: v for k, v in make_batch(2).items() if k != "image"}, 2)
+    kwargs = conditioning.unet_kwargs()
+    assert set(kwargs) == {"encoder_hidden_states", "encoder_attention_mask", "class_labels"}
     patch = json.loads((out / "dermsynth.json").read_text())["patch_size"]
     assert patch == model.patch_size == 2 and f"pixel_unshuffle(x, {patch})" in (out / "README.md").read_text()
     with torch.no_grad():  # the model card's recipe gives the model's own denoiser output
@@ -98,13 +97,14 @@ def test_export_loads_with_plain_diffusers(model: HybridDiffusion, tmp_path: Pat
 
 
 def test_evaluate_sampling_overrides_become_the_settings_the_model_samples_with(model: HybridDiffusion) -> None:
-    from evaluation.sampling import SamplingSettings
     from experiments.evaluate import sampling_settings
+    from models.generative import SamplingSettings
 
-    before = (model.guidance_scale, model.sampler_name, model.sampler_steps)
-    settings = sampling_settings(["model.guidance_scale=4.5", "model.sampler.name=dpm++", "model.sampler.steps=7", "eval.seeds=[1]"])
+    before = model.sampling_description()
+    settings = sampling_settings(["model.guidance.scale=4.5", "model.sampler.name=dpm++", "model.sampler.steps=7", "eval.seeds=[1]"])
     assert settings == SamplingSettings(sampler="dpm_solver++", steps=7, guidance_scale=4.5)
-    assert (model.guidance_scale, model.sampler_name, model.sampler_steps) == before  # passed in, never set on the model
+    assert model.sampling_description(settings) == {"sampler": "dpm_solver++", "steps": 7, "guidance_scale": 4.5}
+    assert model.nfe(settings) == 14 and model.sampling_description() == before  # passed in, never set on the model
     assert sampling_settings(["eval.split=test"]) == SamplingSettings()
     with pytest.raises(ValueError, match="model.optimizer.lr: a trained checkpoint's model cannot change"):
         sampling_settings(["model.optimizer.lr=1"])
@@ -114,7 +114,7 @@ def test_captioned_grid_has_one_row_per_prompt(model: HybridDiffusion, tmp_path:
     from experiments.generate import save_captioned_grid
 
     prompts = ["benign lesion", "normal skin", "malignant lesion with an irregular border"]
-    rows = generate_images(model, tmp_path, prompt_conditions(model, [prompts[i % 3] for i in range(6)]), 6, seed=0)
+    rows = generate_images(model, tmp_path, prompt_conditions([prompts[i % 3] for i in range(6)], model.data_info), 6, seed=0)
     path = save_captioned_grid(rows, tmp_path, columns=2)
     with Image.open(path) as grid:
         width, height = grid.size

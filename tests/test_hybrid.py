@@ -12,33 +12,27 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from datamodules.info import DataInfo
-from models.fusion import FusionConditioner, attribute_matrix
-from models.hybrid import HybridDiffusion
 from experiments import CONFIG_DIR
+from models.fusion import FusionConditioner, attribute_matrix
+from models.generative import ReconstructionSettings, SamplingSettings
+from models.hybrid import HybridDiffusion
 from tests.helpers import experiment_names
-
-INFO = DataInfo(
-    source="phantom",
-    image_size=16,
-    class_names=("benign", "malignant", "normal"),
-    attribute_classes={"border": ("regular", "irregular"), "hair": ("absent", "present")},
-    skin_tones=True,
-)
+from tests.test_baselines_common import INFO, model_config
 
 
 def tiny_model_config(cache_dir: Path, **overrides: Any) -> dict[str, Any]:
-    """The shipped model YAML, shrunk to 16 px and tiny widths."""
-    config = OmegaConf.load(Path(__file__).resolve().parents[1] / "experiments/configs/model/hybrid.yaml")
-    config.text_encoder.cache_dir = str(cache_dir)
+    """The shipped model YAML (on model/_diffusion.yaml), shrunk to 16 px and tiny widths."""
     tiny = {
-        "unet": {"block_out_channels": [8, 16], "attention_levels": [False, True], "attention_head_dim": 4, "norm_num_groups": 4, "cross_attention_dim": 16},
+        "unet": {"block_out_channels": [8, 16], "attention_levels": [False, True], "attention_head_dim": 4, "norm_num_groups": 4},
         "sampler": {"name": "ddim", "steps": 4},
-        "fusion": {"backbone": "test_resnet", "pretrained": False, "input_size": 16, "text_components": 4, "visual_components": 4, "max_fit_images": 24},
-        "align": {"channels": [8, 16], "weight": 0.1},  # off in the shipped YAML; on here so that its tests run
+        "conditioner": {
+            "cross_attention_dim": 16,
+            "text_encoder": {"cache_dir": str(cache_dir)},
+            "fusion": {"backbone": "test_resnet", "pretrained": False, "input_size": 16, "text_components": 4, "visual_components": 4, "max_fit_images": 24},
+        },
+        "align": {"weight": 0.1, "head": {"channels": [8, 16]}},  # off in the shipped YAML; on here so that its tests run
     }
-    config = OmegaConf.merge(config, tiny, overrides)
-    return OmegaConf.to_container(config, resolve=True)
+    return model_config("hybrid", **OmegaConf.merge(tiny, overrides))
 
 
 def build(cache_dir: Path, **overrides: Any) -> HybridDiffusion:
@@ -68,7 +62,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def model(cache_dir: Path) -> HybridDiffusion:
     model = build(cache_dir)
-    model.fit_fusion([make_batch(24, seed=1, with_index=True)])
+    model.conditioner.fit([make_batch(24, seed=1, with_index=True)])
     return model
 
 
@@ -90,8 +84,8 @@ def test_generate_and_reconstruct_contract(model: HybridDiffusion) -> None:
     conditions = {k: v for k, v in batch.items() if k != "image"}
     images = model.generate(conditions, 3, generator=torch.Generator().manual_seed(0))
     assert images.shape == (3, 3, 16, 16) and images.min() >= -1 and images.max() <= 1
-    assert model.nfe == 2 * 4  # DDIM-4 with guidance: conditional + unconditional per step
-    recon = model.reconstruct(batch, generator=torch.Generator().manual_seed(0))
+    assert model.nfe() == 2 * 4  # DDIM-4 with guidance: conditional + unconditional per step
+    recon = model.reconstruct(batch, ReconstructionSettings(strength=0.5, projection_steps=0), generator=torch.Generator().manual_seed(0))
     assert recon.shape == batch["image"].shape and torch.isfinite(recon).all()
     free = model.generate({"caption": ["a malignant lesion with an irregular border"] * 2}, 2)  # label parsed from text
     assert free.shape == (2, 3, 16, 16)
@@ -102,18 +96,15 @@ def test_generate_and_reconstruct_contract(model: HybridDiffusion) -> None:
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver++"])
 def test_sampler_switching(model: HybridDiffusion, sampler: str) -> None:
     model.eval()
-    model.sampler_name = sampler
-    try:
-        conditions = {k: v for k, v in make_batch(2).items() if k != "image"}
-        images = model.generate(conditions, 2, generator=torch.Generator().manual_seed(0))
-        assert torch.isfinite(images).all() and model.noise.last_nfe == 4
-    finally:
-        model.sampler_name = "ddim"
+    conditions = {k: v for k, v in make_batch(2).items() if k != "image"}
+    images = model.generate(conditions, 2, generator=torch.Generator().manual_seed(0), sampling=SamplingSettings(sampler=sampler))
+    assert torch.isfinite(images).all() and model.noise.last_nfe == 4
+    assert model.sampling_description()["sampler"] == "ddim"  # the model's own setting is untouched
 
 
-def test_cfg_dropout_rate_and_null_conditioning(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = build(cache_dir, cfg={"drop_prob": 0.3}, align={"weight": 0.0})
-    model.fit_fusion([make_batch(24, seed=1, with_index=True)])
+def test_guidance_dropout_rate_and_null_conditioning(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build(cache_dir, guidance={"drop_prob": 0.3}, align={"weight": 0.0})
+    model.conditioner.fit([make_batch(24, seed=1, with_index=True)])
     model.train()
     seen: dict[str, torch.Tensor] = {}
     original = model.unet.forward
@@ -128,9 +119,9 @@ def test_cfg_dropout_rate_and_null_conditioning(cache_dir: Path, monkeypatch: py
     dropped = (seen["global_"] == 0).all(dim=1)
     assert abs(dropped.float().mean().item() - 0.3) < 0.07
     assert out["dropped"].item() == pytest.approx(dropped.float().mean().item())
-    null = model.null_conditions(1)
-    length = null["tokens"].shape[1]
-    assert torch.equal(seen["tokens"][dropped][:, :length], null["tokens"].expand(int(dropped.sum()), -1, -1))
+    null = model.conditioner.null(1)
+    length = null.encoder_hidden_states.shape[1]
+    assert torch.equal(seen["tokens"][dropped][:, :length], null.encoder_hidden_states.expand(int(dropped.sum()), -1, -1))
     assert not seen["mask"][dropped][:, length:].any()  # the empty caption's padding stays masked
 
 
@@ -153,17 +144,18 @@ def test_hybrid_experiments_give_training_batches_what_the_reference_needs() -> 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         configs = {exp: compose(config_name="config", overrides=[f"exp={exp}"]) for exp in experiment_names()}
     for exp, cfg in configs.items():
-        if cfg.model._target_ != "models.hybrid.HybridDiffusion" or not cfg.model.fusion.enabled:
+        conditioner = cfg.model.get("conditioner")
+        if cfg.model._target_ != "models.hybrid.HybridDiffusion" or not conditioner.fusion.enabled:
             continue
-        needs = "with_index" if cfg.model.fusion.reference_source == "table" else "with_reference"
-        assert cfg.data[needs], f"exp={exp}: fusion.reference_source={cfg.model.fusion.reference_source} needs data.{needs}=true"
+        needs = "with_index" if conditioner.reference_source == "table" else "with_reference"
+        assert cfg.data[needs], f"exp={exp}: conditioner.reference_source={conditioner.reference_source} needs data.{needs}=true"
         checked.append(exp)
     assert "hybrid" in checked and len(checked) >= 5
 
 
 def test_training_uses_the_batch_reference_not_the_image(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = build(cache_dir, fusion={"reference_source": "batch", "prior_prob": 0.0})
-    model.fit_fusion([make_batch(24, seed=1, with_index=True)])
+    model = build(cache_dir, conditioner={"reference_source": "batch", "prior_prob": 0.0})
+    model.conditioner.fit([make_batch(24, seed=1, with_index=True)])
     model.train()
     batch = make_batch(4, seed=3)
     batch["reference"] = torch.rand(4, 3, 16, 16) * 2 - 1
@@ -198,9 +190,9 @@ def test_retrieval_prior_matches_attributes() -> None:
 
 
 def test_fusion_ablation(cache_dir: Path) -> None:
-    model = instantiate(tiny_model_config(cache_dir, fusion={"enabled": False}, align={"weight": 0.0}), data_info=INFO.to_dict())
+    model = instantiate(tiny_model_config(cache_dir, conditioner={"fusion": {"enabled": False}}, align={"weight": 0.0}), data_info=INFO.to_dict())
     assert model.fusion.output_dim == 4 and model.align_head is None
-    model.fit_fusion([make_batch(8)])
+    model.conditioner.fit([make_batch(8)])
     model.train()
     assert torch.isfinite(model._step(make_batch(4))["loss"])
 
@@ -214,7 +206,7 @@ def test_checkpoint_round_trip_reproduces_samples(model: HybridDiffusion, cache_
     model.on_save_checkpoint(checkpoint)
     path = tmp_path / "last.ckpt"
     torch.save(checkpoint, path)
-    assert not any(k.startswith("text_encoder.") for k in checkpoint["state_dict"])  # frozen encoder not saved
+    assert not any(k.startswith("conditioner.text_encoder.") for k in checkpoint["state_dict"])  # frozen encoder not saved
     loaded = load_generator(path)
     conditions = {k: v for k, v in make_batch(3, seed=5).items() if k != "image"}
     expected = model.generate(conditions, 3, generator=torch.Generator().manual_seed(7))
@@ -250,7 +242,7 @@ def test_blurred_alignment_head_sends_only_smooth_gradients_into_x0() -> None:
     from models.hybrid import AlignmentHead
 
     shares = {}
-    for name, kwargs in {"pooled": dict(pool=2), "blurred": dict(blur=1.5)}.items():
+    for name, kwargs in {"pooled": dict(pool=2), "blurred": dict(pool=1, blur=1.5)}.items():
         torch.manual_seed(0)
         head = AlignmentHead({"label": 3}, (8, 16), groups=4, **kwargs)
         images = (torch.rand(4, 3, 32, 32) * 2 - 1).requires_grad_(True)

@@ -59,7 +59,7 @@ def test_smoke_run_writes_run_folder(exp: str, tmp_path: Path) -> None:
     checkpoint = torch.load(tmp_path / exp / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == metrics["train_steps"]
     model = load_generator(tmp_path / exp / "checkpoints" / "last.ckpt")
-    images = model.generate(None if model.conditioning == "none" else _conditions(cfg), 2, torch.Generator().manual_seed(0))
+    images = model.generate(None if model.conditioning == "none" else _conditions(cfg), 2, generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 3, cfg.data.image_size, cfg.data.image_size)
     assert torch.isfinite(images).all()
 

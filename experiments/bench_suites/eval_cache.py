@@ -39,7 +39,7 @@ from datamodules.info import DataInfo
 from evaluation.data import collect
 from evaluation.protocol import evaluate_generator
 from experiments.bench_suites.common import build_datamodule, compose_run_config, hydra_overrides, log, ratio, size_overrides
-from models.generative import Conditions, GenerativeModule
+from models.generative import Conditions, GenerativeModule, SamplingSettings
 
 
 
@@ -52,7 +52,8 @@ class ReplayGenerator(GenerativeModule):
         self.cursor = 0
 
     @torch.no_grad()
-    def generate(self, conditions: Conditions | None, num_images: int, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    def generate(self, conditions: Conditions | None, num_images: int, *, generator: torch.Generator | None = None,
+                 progress: bool = False, sampling: SamplingSettings | None = None) -> torch.Tensor:
         rows = self.images[self.cursor : self.cursor + num_images]
         self.cursor += num_images
         return rows

@@ -7,7 +7,7 @@ Samplers (``models.diffusion``): DDPM-``ddpm_steps`` (1000), DDIM-``ddim_steps``
 DPM-Solver++ at each of ``dpm_steps`` (20, 10), all run on the same model in this process.
 
 Keys:
-- ``sample.nfe`` {"ddpm-1000": .., ...}: network evaluations per image (``model.nfe``: steps,
+- ``sample.nfe`` {"ddpm-1000": .., ...}: network evaluations per image (``model.nfe(sampling)``: steps,
   doubled under classifier-free guidance; a guided model batches cond + uncond in one forward).
 - ``sample.s_per_image`` {...}: wall seconds per image over ``num_images`` (16) images, drawn in
   batches of ``eval.batch_size`` by the evaluation's own ``generate_shard``.
@@ -39,6 +39,7 @@ from experiments.bench_suites.common import (
 from experiments.compose import checkpoint_config
 from models.checkpoint import build_generator, build_stored_datamodule, load_generator, read_checkpoint, stored_config
 from models.diffusion import sampler_name
+from models.generative import SamplingSettings
 
 
 
@@ -65,10 +66,9 @@ def sampler_labels(options: dict[str, str]) -> list[tuple[str, str, int]]:
 
 def draw(model: Any, datamodule: Any, sampler: str, steps: int, count: int, batch_size: int, seed: int) -> tuple[torch.Tensor, float]:
     """``count`` samples with the given sampler (conditions from the training distribution) and their seconds."""
-    model.sampler_name, model.sampler_steps = sampler, steps
-    conditional = getattr(model, "conditioning", "none") != "none"
+    conditional = model.conditioning != "none"
     conditions = datamodule.sample_conditions(count, seed=seed) if conditional else None
-    images, _, seconds = generate_shard(model, conditions, count, batch_size, seed, progress=False)
+    images, _, seconds = generate_shard(model, conditions, count, batch_size, seed, progress=False, sampling=SamplingSettings(sampler, steps))
     return images, seconds
 
 
@@ -94,7 +94,7 @@ def fd_pair(model: Any, datamodule: Any, cfg: DictConfig, specs: list[tuple[str,
 
 def suite(options: dict[str, str]) -> dict[str, Any]:
     model, datamodule, cfg, trained = load_model(options)
-    if not hasattr(model, "sampler_name"):
+    if not model.sampling_description():
         raise SystemExit(f"bench sample: {type(model).__name__} has no diffusion sampler (use a ddpm, ddpm_class or hybrid model)")
     batch_size, seed = int(cfg.eval.get("batch_size", 64)), int(options["seed"])
     num_images, fd_images = int(options["num_images"]), int(options["fd_images"])
@@ -104,11 +104,11 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
     nfe, s_per_image = {}, {}
     per_evaluation = None  # seconds per image and network evaluation, to announce the long runs
     for label, sampler, steps in sorted(specs, key=lambda spec: spec[2]):  # cheapest first
-        model.sampler_name, model.sampler_steps = sampler, steps
-        expected = f", ~{per_evaluation * num_images * model.nfe:.0f} s" if per_evaluation else ""
+        sampling = SamplingSettings(sampler, steps)
+        expected = f", ~{per_evaluation * num_images * model.nfe(sampling):.0f} s" if per_evaluation else ""
         log.info("sample: %s on %d images%s", label, num_images, expected)
         _, seconds = draw(model, datamodule, sampler, steps, num_images, batch_size, seed)
-        nfe[label], s_per_image[label] = int(model.nfe), seconds / num_images
+        nfe[label], s_per_image[label] = int(model.nfe(sampling)), seconds / num_images
         per_evaluation = s_per_image[label] / nfe[label]
     nfe, s_per_image = {s[0]: nfe[s[0]] for s in specs}, {s[0]: round(s_per_image[s[0]], 4) for s in specs}
 
@@ -116,7 +116,8 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
     fd, floor, extractor_name = fd_pair(model, datamodule, cfg, [s for s in specs if s[0] in (dpm_label, ddpm_label)],
                                         s_per_image, fd_images, batch_size, seed) if trained else ({}, None, None)
 
-    guided = getattr(model, "guidance_scale", 1.0) != 1.0 and getattr(model, "conditioning", "none") != "none"
+    guidance = model.sampling_description()["guidance_scale"]
+    guided = guidance is not None and guidance != 1.0
     return {
         "sample.nfe": nfe,
         "sample.s_per_image": s_per_image,
@@ -131,7 +132,7 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
             "trained": trained,
             "image_size": int(model.image_size),
             "guided": guided,
-            "guidance_scale": float(getattr(model, "guidance_scale", 1.0)),
+            "guidance_scale": guidance,
             "generation_batch": batch_size,
             "device": model.device.type,
             "threads": torch.get_num_threads(),

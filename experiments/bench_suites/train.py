@@ -21,7 +21,7 @@ Keys:
   PyTorch loop over the same UNet, objective (``model.noise.training_loss``) and optimiser.
   Target <= 1.10.
 - ``train.hybrid_over_ddpm``: hybrid step (cached text embeddings) / ddpm step, both under
-  Lightning; the two configs share the UNet width (``train.settings.unet``). Target <= 1.25.
+  Lightning; the two configs share the UNet width (``train.settings.unet``). Target <= 1.15.
 - ``train.cache_speedup``: hybrid step that runs the text encoder on every caption / hybrid step
   with the embedding cache. Alternate steps of one fit, so both see the same weights and load;
   ``train.encoder_captions_per_step`` shows the cache was on (0) and off (2 x batch: the batch's
@@ -234,7 +234,7 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
     per_round = max(1, math.ceil(steps / rounds))
     common = [*size_overrides(options), "data.num_workers=0", *hydra_overrides(options)]
     ddpm_cfg = compose_run_config("ddpm", options["budget"], common)
-    hybrid_cfg = compose_run_config("hybrid", options["budget"], [*common, f"model.fusion.max_fit_images={options['fit_images']}"])
+    hybrid_cfg = compose_run_config("hybrid", options["budget"], [*common, f"model.conditioner.fusion.max_fit_images={options['fit_images']}"])
     where = device()
     datamodule, hybrid_data = build_datamodule(ddpm_cfg.data), build_datamodule(hybrid_cfg.data)
     batches = prefetch(datamodule, warmup + max(per_round, int(options["knob_steps"])))
@@ -280,20 +280,28 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
         "train.step_s": {name: round(value, 4) for name, value in step_s.items()},
         "train.encoder_captions_per_step": {mode: sum(c) / len(c) for mode, c in captions.items() if c},
         "train.knobs": knobs or None,
-        "train.settings": {
-            "options": dict(options),
-            "device": where.type,
-            "threads": torch.get_num_threads(),
-            "image_size": int(batches[0]["image"].shape[-1]),
-            "batch_size": batch_size,
-            "unet": {"ddpm": list(ddpm.unet.config.block_out_channels), "hybrid": list(hybrid.unet.config.block_out_channels)},
-            "timed_steps": {name: len(values) for name, values in times.items()},
-            "gradient_clip": f"{ddpm_cfg.trainer.gradient_clip_algorithm} {ddpm_cfg.trainer.gradient_clip_val}",
-            "optimizer": OmegaConf.to_container(ddpm_cfg.model.optimizer),
-            "timing": "median step time; loading excluded in both (bare loop: pre-fetched batches; Lightning: "
-                      "on_train_batch_start..end, data.num_workers=0); no run callbacks (EMA, checkpoints, samples)",
-            "cache": "alternate hybrid steps: embedding cache vs text_encoder.cache=None (encoder on every caption)",
-            "knobs": "bare-loop ddpm UNet step with the knob / plain fp32 bare step (below 1: faster)",
-            **notes,
-        },
+        "train.settings": settings_record(options, where, batches[0], ddpm, hybrid, times, ddpm_cfg, notes),
+    }
+
+
+def settings_record(
+    options: dict[str, str], where: torch.device, batch: dict[str, Any], ddpm: Any, hybrid: Any,
+    times: dict[str, list[float]], cfg: DictConfig, notes: dict[str, Any],
+) -> dict[str, Any]:
+    """``train.settings``: what was measured and how."""
+    return {
+        "options": dict(options),
+        "device": where.type,
+        "threads": torch.get_num_threads(),
+        "image_size": int(batch["image"].shape[-1]),
+        "batch_size": int(batch["image"].shape[0]),
+        "unet": {"ddpm": list(ddpm.unet.config.block_out_channels), "hybrid": list(hybrid.unet.config.block_out_channels)},
+        "timed_steps": {name: len(values) for name, values in times.items()},
+        "gradient_clip": f"{cfg.trainer.gradient_clip_algorithm} {cfg.trainer.gradient_clip_val}",
+        "optimizer": OmegaConf.to_container(cfg.model.optimizer),
+        "timing": "median step time; loading excluded in both (bare loop: pre-fetched batches; Lightning: "
+                  "on_train_batch_start..end, data.num_workers=0); no run callbacks (EMA, checkpoints, samples)",
+        "cache": "alternate hybrid steps: embedding cache vs text_encoder.cache=None (encoder on every caption)",
+        "knobs": "bare-loop ddpm UNet step with the knob / plain fp32 bare step (below 1: faster)",
+        **notes,
     }

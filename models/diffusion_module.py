@@ -1,0 +1,217 @@
+"""One diffusion LightningModule for ``hybrid``, ``ddpm`` and ``ddpm_class``: UNet + noise process + conditioner.
+
+Three layers, as MONAI's generative models: the denoiser network (``models.unets.build_unet``),
+the noise process (``models.diffusion.NoiseProcess``: schedule, loss, samplers) and this module,
+which binds a conditioner's output to the UNet (one closure), drops conditioning for
+classifier-free guidance, and trains, samples and reconstructs. The models differ only in their
+conditioner (``models.conditioners``) and guidance settings, so the comparison table compares
+conditioning and nothing else. A subclass adds training losses through ``auxiliary_loss``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from datamodules.info import DataInfo
+from models.conditioners import Conditioner, Conditioning
+from models.containers import plain_dict
+from models.diffusion import DenoiseFn, NoiseProcess, classifier_free_guidance, sampler_name
+from models.generative import Conditions, GenerativeModule, ReconstructionSettings, SamplingSettings
+from models.schedules import with_warmup_cosine
+from models.unets import patchify, unpatchify
+
+
+def required_keys(group: Mapping[str, Any] | None, name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A config group as a dict holding exactly ``keys``; a clear error names what is missing or unknown."""
+    values = plain_dict(group)
+    missing, unknown = set(keys) - set(values), set(values) - set(keys)
+    if missing or unknown:
+        raise ValueError(f"model.{name} needs the keys {list(keys)}: missing {sorted(missing)}, unknown {sorted(unknown)}")
+    return values
+
+
+def partial_setting(factory: Callable[..., Any], name: str) -> Any:
+    """The value a (partial) factory will use for argument ``name``: given, or its signature default."""
+    if isinstance(factory, functools.partial) and name in factory.keywords:
+        return factory.keywords[name]
+    return inspect.signature(factory).parameters[name].default
+
+
+class DiffusionModule(GenerativeModule):
+    """Pixel-space diffusion conditioned through a pluggable conditioner.
+
+    Args (the keys of ``experiments/configs/model/_diffusion.yaml`` and the model files on it):
+        conditioner: builds the ``models.conditioners.Conditioner`` (a Hydra partial) given
+            ``data_info`` and ``time_embed_dim``.
+        unet: builds the UNet (partial of ``models.unets.build_unet`` with its size keys).
+        noise: the ``NoiseProcess`` (schedule, prediction type, min-SNR weighting).
+        sampler: ``{name: ddpm|ddim|dpm_solver++, steps}`` for generation and reconstruction.
+        guidance: ``{scale, drop_prob}``: classifier-free guidance weight at sampling (1 = none)
+            and the probability of dropping a training row's conditioning (enables guidance).
+        optimizer: partial optimiser (``torch.optim.AdamW``) given the parameter groups.
+        warmup_steps: linear warm-up steps, then cosine decay to 0 at ``trainer.max_steps``.
+    """
+
+    def __init__(
+        self,
+        data_info: DataInfo | dict[str, Any],
+        conditioner: Callable[..., Conditioner],
+        unet: Callable[..., nn.Module],
+        noise: NoiseProcess,
+        sampler: Mapping[str, Any],
+        guidance: Mapping[str, Any],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        warmup_steps: int,
+    ) -> None:
+        super().__init__(data_info)
+        self.save_hyperparameters(ignore=["data_info", "noise"])
+        sampler_cfg = required_keys(sampler, "sampler", ("name", "steps"))
+        guidance_cfg = required_keys(guidance, "guidance", ("scale", "drop_prob"))
+        self.sampling = SamplingSettings(sampler_name(sampler_cfg["name"]), int(sampler_cfg["steps"]), float(guidance_cfg["scale"]))
+        self.drop_prob = float(guidance_cfg["drop_prob"])
+        self.optimizer_factory = optimizer
+        self.warmup_steps = int(warmup_steps)
+        # diffusers UNets embed the timestep in 4 x the first level's channels; a label vector is added there.
+        time_embed_dim = 4 * int(partial_setting(unet, "block_out_channels")[0])
+        self.conditioner = conditioner(data_info=self.data_info, time_embed_dim=time_embed_dim)
+        self.unet = unet(image_size=self.image_size, **self.conditioner.unet_inputs())
+        self.patch_size = self.image_size // int(self.unet.config.sample_size)
+        self.noise = noise
+
+    @property
+    def conditioning(self) -> str:  # type: ignore[override]
+        return self.conditioner.kind
+
+    # ---------------------------------------------------------------------------------------
+    # sampling settings
+    def effective_sampling(self, sampling: SamplingSettings | None = None) -> SamplingSettings:
+        """``sampling`` with its None fields filled from the configured settings."""
+        given = sampling or SamplingSettings()
+        configured = self.sampling
+        return SamplingSettings(
+            sampler=sampler_name(given.sampler) if given.sampler is not None else configured.sampler,
+            steps=int(given.steps) if given.steps is not None else configured.steps,
+            guidance_scale=float(given.guidance_scale) if given.guidance_scale is not None else configured.guidance_scale,
+        )
+
+    def _guidance_scale(self, settings: SamplingSettings) -> float:
+        return settings.guidance_scale if self.conditioning != "none" else 1.0
+
+    def nfe(self, sampling: SamplingSettings | None = None) -> int:
+        settings = self.effective_sampling(sampling)
+        return self.noise.nfe(settings.sampler, settings.steps, guided=self._guidance_scale(settings) != 1.0)
+
+    def sampling_description(self, sampling: SamplingSettings | None = None) -> dict[str, Any]:
+        settings = self.effective_sampling(sampling)
+        guidance = settings.guidance_scale if self.conditioning != "none" else None  # nothing to guide
+        return {"sampler": settings.sampler, "steps": settings.steps, "guidance_scale": guidance}
+
+    # ---------------------------------------------------------------------------------------
+    # the denoiser
+    def denoiser(self, conditioning: Conditioning) -> DenoiseFn:
+        """Bind conditioning to the UNet: ``fn(x_t (B, 3, H, W), t (B,)) -> model output``."""
+        inputs = conditioning.unet_kwargs()
+
+        def denoise(sample: Tensor, timestep: Tensor) -> Tensor:
+            out = self.unet(patchify(sample, self.patch_size), timestep, **inputs).sample
+            return unpatchify(out, self.patch_size)
+
+        return denoise
+
+    def forward(self, sample: Tensor, timestep: Tensor, conditioning: Conditioning) -> Tensor:
+        return self.denoiser(conditioning)(sample, timestep)
+
+    def guided_denoiser(self, conditions: Conditions | None, count: int, guidance_scale: float) -> DenoiseFn:
+        """The sampling denoiser: conditional with classifier-free guidance, or unconditional."""
+        if conditions is None or self.conditioning == "none":
+            return self.denoiser(self.conditioner.null(count))
+        conditioning = self.conditioner(conditions, count)
+        if guidance_scale == 1.0:
+            return self.denoiser(conditioning)
+        both = conditioning.cat(self.conditioner.null(count))  # [cond; uncond], 2B rows
+        return classifier_free_guidance(self.denoiser(both), guidance_scale)
+
+    # ---------------------------------------------------------------------------------------
+    # training
+    def auxiliary_loss(self, batch: dict[str, Any], aux: dict[str, Tensor], conditioned: Tensor) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """Extra training loss beside the diffusion loss: ``(loss, values to log)``, or None.
+
+        ``aux`` is ``NoiseProcess.training_loss``'s (timesteps, noisy input, ``pred_x0`` with
+        gradient, ...); ``conditioned`` (B,) marks the rows that kept their conditioning.
+        """
+        return None
+
+    def _step(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        images = batch["image"]
+        count = images.shape[0]
+        conditioning = self.conditioner(batch, count, training=self.training)
+        dropped = torch.zeros(count, dtype=torch.bool, device=self.device)
+        out: dict[str, Tensor] = {}
+        if self.training and self.drop_prob > 0:
+            dropped = torch.rand(count, device=self.device) < self.drop_prob
+            conditioning = conditioning.where(dropped, self.conditioner.null(count))
+            out["dropped"] = dropped.float().mean()
+        loss, aux = self.noise.training_loss(self.denoiser(conditioning), images, generator=generator)
+        out["loss"] = loss
+        extra = self.auxiliary_loss(batch, aux, ~dropped) if self.training else None
+        if extra is not None:
+            out.update(extra[1], diffusion_loss=loss, loss=loss + extra[0])
+        return out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self._step(batch)
+        size = batch["image"].shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
+        logged = {f"train/{k}": v for k, v in out.items() if k != "loss"}
+        if logged:
+            self.log_dict(logged, batch_size=size)
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # Fixed noise and timesteps per batch, so val/loss moves only when the model does.
+        out = self._step(batch, generator=torch.Generator().manual_seed(batch_idx))
+        self.log("val/loss", out["loss"], prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: every trainable parameter in one."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def configure_optimizers(self) -> Any:
+        return with_warmup_cosine(self.optimizer_factory(self.parameter_groups()), self.warmup_steps, self.trainer.max_steps)
+
+    # ---------------------------------------------------------------------------------------
+    # the GenerativeModule contract
+    @torch.no_grad()
+    def generate(self, conditions: Conditions | None, num_images: int, *, generator: torch.Generator | None = None,
+                 progress: bool = False, sampling: SamplingSettings | None = None) -> Tensor:
+        settings = self.effective_sampling(sampling)
+        denoise = self.guided_denoiser(conditions, num_images, self._guidance_scale(settings))
+        shape = (num_images, 3, self.image_size, self.image_size)
+        return self.noise.sample(
+            denoise, shape, sampler=settings.sampler, steps=settings.steps, generator=generator, device=self.device, progress=progress
+        )
+
+    @torch.no_grad()
+    def reconstruct(self, batch: dict[str, Any], settings: ReconstructionSettings, *, generator: torch.Generator | None = None,
+                    sampling: SamplingSettings | None = None) -> Tensor:
+        drawing = self.effective_sampling(sampling)
+        images = batch["image"].to(self.device)
+        conditions = {k: v for k, v in batch.items() if k not in ("image", "reference")}
+        denoise = self.guided_denoiser(conditions, images.shape[0], self._guidance_scale(drawing))
+        return self.noise.reconstruct(
+            denoise, images, strength=settings.strength, sampler=drawing.sampler, steps=drawing.steps, generator=generator
+        )
+
+    def reconstruction_protocol(self, settings: ReconstructionSettings, sampling: SamplingSettings | None = None) -> str:
+        drawing = self.effective_sampling(sampling)
+        guidance = f", guidance {self._guidance_scale(drawing)}" if self.conditioning != "none" else ""
+        return (
+            f"img2img: noise each image to t = {settings.strength}*T (eval.recon_strength), denoise with "
+            f"{self.conditioner.reconstruction_input}; {drawing.sampler}, {drawing.steps} steps{guidance}"
+        )
