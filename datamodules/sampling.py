@@ -13,13 +13,12 @@ Draws are stratified, not independent: class ``c`` gets exactly its quota (``p_c
 epoch length, rounded by largest remainder), filled by cycling through fresh shuffles of its
 images, so within a class every image appears as often as any other, give or take one. The
 order is a function of ``(seed, epoch)`` alone; each DDP rank takes every ``world``-th draw of
-it, and ``state_dict`` / ``load_state_dict`` resume mid-epoch at the next unseen draw.
+it. The training loader resumes it mid-epoch like the natural order (``datamodules.resumable``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -46,7 +45,7 @@ def class_quotas(counts: Sequence[int] | np.ndarray, temperature: float, total: 
 
 
 class ClassBalancedSampler(Sampler[int]):
-    """Tempered class-balanced, seeded, rank-sharded and resumable sampler of training indices.
+    """Tempered class-balanced, seeded and rank-sharded order of training indices.
 
     Args:
         labels: (N,) class index of every training image.
@@ -64,12 +63,9 @@ class ClassBalancedSampler(Sampler[int]):
         self.members = [np.flatnonzero(self.labels == c) for c in range(int(self.labels.max()) + 1)]
         self.quotas = class_quotas([len(m) for m in self.members], self.temperature, self.num_samples)
         self.epoch = 0
-        self.start = 0  # position in this rank's shard where the next iteration begins; used once
-        self.yielded = 0  # draws of this rank's shard handed out in the current epoch
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.start, self.yielded = epoch, 0, 0
+        self.epoch = int(epoch)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """All ``num_samples`` draws of ``epoch`` (every rank's), in order."""
@@ -87,19 +83,7 @@ class ClassBalancedSampler(Sampler[int]):
         return self.epoch_order(self.epoch)[rank:usable:world]
 
     def __iter__(self) -> Iterator[int]:
-        shard = self._shard()
-        start, self.start = self.start, 0
-        self.yielded = start
-        for index in shard[start:].tolist():
-            self.yielded += 1
-            yield index
+        return iter(self._shard().tolist())
 
     def __len__(self) -> int:
         return self.num_samples // rank_and_world()[1]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "yielded": self.yielded}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.epoch, self.start = int(state_dict["epoch"]), int(state_dict["yielded"])
-        self.yielded = self.start

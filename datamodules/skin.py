@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,7 @@ class SkinDataModule(L.LightningDataModule):
         with_index: bool = False,
         sampler: str = "natural",
         sampler_temperature: float = 1.0,
-        holdout_combos: list[dict[str, Any]] | None = None,
+        holdout_combos: Sequence[dict[str, Any]] = (),
         holdout_paraphrases: int = 0,
         augment: bool = True,
         augment_flips: bool = True,

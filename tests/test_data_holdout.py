@@ -24,7 +24,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def phantom(cache: Path, **kwargs) -> SkinDataModule:
-    settings = dict(image_size=8, num_train=600, num_val=300, num_test=300, cache_dir=str(cache), progress=False)
+    settings = dict(source="phantom", image_size=8, num_workers=0, num_train=600, num_val=300, num_test=300, allow_upscale=False,
+                    cache_dir=str(cache), progress=False)
     dm = SkinDataModule(**{**settings, **kwargs})
     dm.setup()
     return dm

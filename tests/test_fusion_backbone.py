@@ -18,10 +18,8 @@ MODEL_YAML = Path(__file__).resolve().parents[1] / "experiments/configs/model/hy
 
 
 def shipped_fusion_settings() -> dict:
-    fusion = OmegaConf.to_container(OmegaConf.load(MODEL_YAML).fusion)
-    for key in ("prior_prob", "reference_source"):  # the hybrid's own keys
-        fusion.pop(key)
-    return fusion
+    fusion = OmegaConf.to_container(OmegaConf.load(MODEL_YAML).conditioner.fusion)
+    return {key: value for key, value in fusion.items() if not key.startswith("_")}  # not Hydra's _target_ / _partial_
 
 
 def test_shipped_default_is_the_pretrained_lite0_without_warnings() -> None:

@@ -8,6 +8,7 @@ import torch
 
 import datamodules.sampling as sampling
 from datamodules import SkinDataModule
+from datamodules.resumable import ResumableBatchSampler
 from datamodules.sampling import ClassBalancedSampler, class_quotas, class_shares
 
 HAM_LIKE = np.repeat(np.arange(7), [670, 111, 110, 51, 33, 14, 11])  # HAM10000's dx mix at a tenth
@@ -70,22 +71,27 @@ def test_resumes_at_the_next_unseen_draw() -> None:
     straight = ClassBalancedSampler(HAM_LIKE, 0.5, seed=7)
     straight.set_epoch(2)
     expected = list(straight)
-    interrupted = ClassBalancedSampler(HAM_LIKE, 0.5, seed=7)
-    interrupted.set_epoch(2)
+    interrupted = ResumableBatchSampler(ClassBalancedSampler(HAM_LIKE, 0.5, seed=7), batch_size=1, drop_last=True)
+    interrupted.sampler.set_epoch(2)
     iterator = iter(interrupted)
-    seen = [next(iterator) for _ in range(321)]
+    seen = [next(iterator)[0] for _ in range(321)]
     state = interrupted.state_dict()
-    assert state == {"epoch": 2, "yielded": 321}
-    resumed = ClassBalancedSampler(HAM_LIKE, 0.5, seed=7)
+    assert state == {"epoch": 2, "batches": 321}
+    resumed = ResumableBatchSampler(ClassBalancedSampler(HAM_LIKE, 0.5, seed=7), batch_size=1, drop_last=True)
     resumed.load_state_dict(state)
-    resumed.set_epoch(2)  # Lightning sets the restored epoch again: the position must survive it
-    assert seen + list(resumed) == expected
-    assert resumed.state_dict() == {"epoch": 2, "yielded": len(HAM_LIKE)}
+    resumed.sampler.set_epoch(2)  # Lightning sets the restored epoch again: the position must survive it
+    assert seen + [batch[0] for batch in resumed] == expected
+    assert resumed.state_dict() == {"epoch": 3, "batches": 0}  # a finished epoch resumes at the next one
+
+
+def phantom_module(tmp_path, **kwargs) -> SkinDataModule:
+    settings = dict(source="phantom", image_size=8, batch_size=30, num_workers=0, num_train=300, num_val=10, num_test=10,
+                    allow_upscale=False, cache_dir=str(tmp_path), progress=False)
+    return SkinDataModule(**{**settings, **kwargs})
 
 
 def test_data_module_balances_the_phantom_training_loader(tmp_path) -> None:
-    dm = SkinDataModule(source="phantom", image_size=8, batch_size=30, num_workers=0, num_train=300, num_val=10, num_test=10,
-                        cache_dir=str(tmp_path), sampler="balanced", progress=False)
+    dm = phantom_module(tmp_path, sampler="balanced")
     dm.setup()
     natural = np.bincount(dm.train_set.labels, minlength=3)
     assert natural.max() > 1.5 * natural.min()  # the phantom's diagnoses are unbalanced (0.5 / 0.3 / 0.2)
@@ -93,28 +99,15 @@ def test_data_module_balances_the_phantom_training_loader(tmp_path) -> None:
     labels = torch.cat([batch["label"] for batch in loader]).numpy()
     assert np.bincount(labels, minlength=3).tolist() == [100, 100, 100]
     # The loader's resume protocol restores a balanced epoch mid-way.
-    loader.load_state_dict({"epoch": 0, "start": 90})
-    rest = torch.cat([batch["label"] for batch in loader]).numpy()
-    np.testing.assert_array_equal(rest, labels[90:])
-    with pytest.raises(ValueError, match="data.sampler must be"):
-        SkinDataModule(source="phantom", sampler="uniform")
-    with pytest.raises(ValueError, match="sampler_temperature"):
-        SkinDataModule(source="phantom", sampler="balanced", sampler_temperature=-0.1)
-
-
-def test_resumes_under_torchdata_stateful_dataloader() -> None:
-    stateful = pytest.importorskip("torchdata.stateful_dataloader", reason="torchdata is not installed")
-    indices = list(range(len(HAM_LIKE)))
-
-    def loader() -> object:
-        return stateful.StatefulDataLoader(indices, batch_size=50, sampler=ClassBalancedSampler(HAM_LIKE, 1.0, seed=2))
-
-    expected = torch.cat(list(loader())).tolist()
-    first = loader()
+    first = dm.train_dataloader()
     iterator = iter(first)
-    seen = torch.cat([next(iterator) for _ in range(7)]).tolist()
+    seen = [next(iterator)["label"] for _ in range(3)]
     state = first.state_dict()
-    assert "{'epoch': 0, 'yielded': 350}" in repr(state)  # the loader keeps the sampler's own state
-    resumed = loader()
+    resumed = dm.train_dataloader()
     resumed.load_state_dict(state)
-    assert seen + torch.cat(list(resumed)).tolist() == expected
+    rest = torch.cat(seen + [batch["label"] for batch in resumed]).numpy()
+    np.testing.assert_array_equal(rest, labels)
+    with pytest.raises(ValueError, match="data.sampler must be"):
+        phantom_module(tmp_path, sampler="uniform")
+    with pytest.raises(ValueError, match="sampler_temperature"):
+        phantom_module(tmp_path, sampler="balanced", sampler_temperature=-0.1)
