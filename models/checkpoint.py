@@ -24,11 +24,14 @@ from omegaconf import OmegaConf
 
 from datamodules.info import DataInfo
 from models.generative import GenerativeModule
+from models.legacy import is_legacy, upgrade_model_config, upgrade_state_dict
 
 # Packages whose classes a stored config may name; importing them runs no user-chosen code.
 PROJECT_PACKAGES = ("models", "baselines", "datamodules")
 GENERATOR_PACKAGES = ("models", "baselines")
 TORCH_PACKAGES = ("torch.optim",)
+# Project functions a stored config may name: they only build a network from sizes.
+NETWORK_BUILDERS = ("models.unets.build_unet",)
 
 
 class UntrustedConfigError(ValueError):
@@ -64,6 +67,8 @@ def _resolve_class(target: Any, packages: tuple[str, ...]) -> type | None:
 
 
 def _allowed_nested(target: Any) -> bool:
+    if target in NETWORK_BUILDERS:
+        return True
     cls = _resolve_class(target, PROJECT_PACKAGES)
     if cls is not None:
         return issubclass(cls, torch.nn.Module)
@@ -113,6 +118,8 @@ def stored_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any
     for key, value in _leaves(config, ""):
         if isinstance(value, str) and "${" in value:
             raise UntrustedConfigError(f"{path}: dermsynth_config.{key} holds an interpolation {value!r}; stored configs are resolved")
+    if isinstance(config.get("model"), dict):  # an earlier layout, read as today's
+        config = {**config, "model": upgrade_model_config(config["model"])}
     return config
 
 
@@ -170,6 +177,7 @@ def load_generator(
         if key not in checkpoint:
             raise ValueError(f"{path} lacks '{key}': it was not written by experiments.run")
     stored = stored_config(checkpoint, path)
+    legacy = is_legacy(checkpoint["dermsynth_config"].get("model") or {})
     if "model" not in stored:
         raise ValueError(f"{path}: dermsynth_config has no 'model' entry")
     check_targets(stored["model"], "generator", f"{path}: dermsynth_config.model")
@@ -177,7 +185,7 @@ def load_generator(
     model = build_generator(config.model, DataInfo.from_dict(checkpoint["data_info"]))
     state = checkpoint.get("ema_state_dict") if use_ema else None
     state = state if state is not None else checkpoint["state_dict"]
-    result = model.load_state_dict(state, strict=False)
+    result = model.load_state_dict(upgrade_state_dict(state) if legacy else state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
             f"{path} does not fit the model its config builds ({config.model._target_}): "
