@@ -118,6 +118,17 @@ def collate_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def check_settings(source: str, on_bad_image: str, sampler: str, sampler_temperature: float, sizes: tuple[int | None, ...]) -> None:
+    """Clear errors for bad data settings at construction, not at the first epoch."""
+    if on_bad_image not in ("error", "skip"):
+        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    if sampler not in ("natural", "balanced"):
+        raise ValueError(f"data.sampler must be 'natural' or 'balanced', got {sampler!r}")
+    class_shares([1], sampler_temperature)  # validates the temperature
+    if source == "phantom" and None in sizes:
+        raise ValueError("the phantom renders a fixed number of images per split: set data.num_train, data.num_val and data.num_test")
+
+
 class SkinDataModule(L.LightningDataModule):
     """Skin images of one ``source`` at ``image_size`` (see DESIGN.md section 4 and ``experiments/configs/data``).
 
@@ -184,24 +195,13 @@ class SkinDataModule(L.LightningDataModule):
         progress: bool = True,
     ):
         super().__init__()
-        if on_bad_image not in ("error", "skip"):
-            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
-        if sampler not in ("natural", "balanced"):
-            raise ValueError(f"data.sampler must be 'natural' or 'balanced', got {sampler!r}")
-        class_shares([1], sampler_temperature)  # validates the temperature now, not at the first epoch
-        if source == "phantom" and None in (num_train, num_val, num_test):
-            raise ValueError("the phantom renders a fixed number of images per split: set data.num_train, data.num_val and data.num_test")
-        self.source = source
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.with_reference = with_reference
-        self.with_index = with_index
+        check_settings(source, on_bad_image, sampler, sampler_temperature, (num_train, num_val, num_test))
+        self.source, self.batch_size, self.num_workers, self.seed = source, batch_size, num_workers, seed
+        self.with_reference, self.with_index = with_reference, with_index
         self.balanced, self.sampler_temperature = sampler == "balanced", float(sampler_temperature)
         self._holdout_combos = [dict(combo) for combo in holdout_combos or ()]
         self.holdout = Holdout(paraphrases=int(holdout_paraphrases))  # combos resolved against the vocabulary in setup
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.augmentation = Augment(augment_flips, augment_rot90, augment_brightness) if augment else None
         self.request = SourceRequest(
             image_size=int(image_size), seed=int(seed), split_seed=int(split_seed), holdout_paraphrases=int(holdout_paraphrases),
