@@ -20,7 +20,7 @@ that has it.
 Each figure is a ratio measured side by side in one process, since absolute times drift on a
 shared machine; the settings used sit beside the numbers (``<suite>.settings``). Results merge
 into ``out`` (default ``bench.json``): a suite run again replaces its own keys, the required
-keys of suites never run stay null, and ``targets`` says for each target of the issue whether
+keys of suites never run stay null, and ``targets`` says for each performance target whether
 the figure now in the file meets it. The bench reports; it does not assert.
 """
 
@@ -80,7 +80,7 @@ SUITES: dict[str, Suite] = {
     "memory": Suite(memory.suite, suite_options(DEFAULTS, "memory")),
 }
 
-# Keys bench.json always has (null until their suite runs): what issue #9 asks for.
+# Keys bench.json always has (null until their suite runs).
 REQUIRED_KEYS = (
     "data.cache_over_decode",
     "data.loader_over_step_demand",
@@ -95,7 +95,7 @@ REQUIRED_KEYS = (
     "memory.quick_hybrid_peak_rss_gib",
 )
 
-# The issue's targets: key -> (comparison, bound).
+# The targets: key -> (comparison, bound).
 TARGETS: dict[str, tuple[str, float]] = {
     "data.loader_over_step_demand": (">=", 5.0),
     "train.lightning_over_bare": ("<=", 1.10),

@@ -77,7 +77,7 @@ def fd_pair(model: Any, datamodule: Any, cfg: DictConfig, specs: list[tuple[str,
     """FD of ``fd_images`` samples per sampler against the real validation images (judge features), and the floor."""
     eval_cfg = cfg.eval.copy()
     with open_dict(eval_cfg):
-        # the issue's figure: FD in the domain feature space, on the validation split (a tuning figure)
+        # FD in the domain feature space (available offline), on the validation split (a tuning figure)
         eval_cfg.feature_extractor, eval_cfg.split, eval_cfg.floor, eval_cfg.num_generated = "domain", "val", True, fd_images
     resources = prepare_evaluation(datamodule, eval_cfg, model.device, bool(eval_cfg.progress))
     extractor = resources.domain
