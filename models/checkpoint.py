@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from datamodules.info import DataInfo
 from models.generative import GenerativeModule
-from models.legacy import is_legacy, upgrade_model_config, upgrade_state_dict
+from models.legacy import is_legacy, upgrade_run_config, upgrade_state_dict
 
 # Packages whose classes a stored config may name; importing them runs no user-chosen code.
 PROJECT_PACKAGES = ("models", "baselines", "datamodules")
@@ -118,9 +118,7 @@ def stored_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any
     for key, value in _leaves(config, ""):
         if isinstance(value, str) and "${" in value:
             raise UntrustedConfigError(f"{path}: dermsynth_config.{key} holds an interpolation {value!r}; stored configs are resolved")
-    if isinstance(config.get("model"), dict):  # an earlier layout, read as today's
-        config = {**config, "model": upgrade_model_config(config["model"])}
-    return config
+    return upgrade_run_config(config)  # an earlier layout, read as today's
 
 
 def _leaves(node: Any, where: str) -> Iterator[tuple[str, Any]]:

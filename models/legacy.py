@@ -6,7 +6,8 @@ Their model config was flat: ``unet`` (with the hybrid's ``cross_attention_dim``
 side), the baselines' ``conditioning`` and ``embedding``, and ``recon_strength`` /
 ``gan_projection_steps``, which the evaluation now passes in. Their state dicts keep the
 conditioning under ``fusion.`` and ``condition_embedding.``, today ``conditioner.fusion.`` and
-``conditioner.embedding.``. A setting the old YAML left out takes the default the old code had.
+``conditioner.embedding.``. A setting the old YAML left out takes the default the old code had;
+so does a data setting that has no default today (``allow_upscale``, absent from the phantom's).
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ STATE_PREFIXES = {"fusion.": "conditioner.fusion.", "condition_embedding.": "con
 # The old code's Python defaults for settings an old YAML might not name.
 OLD_NOISE = {"prediction_type": "epsilon", "min_snr_gamma": None, "snr_floor": 0.0}
 OLD_SAMPLER = {"name": "ddim", "steps": 50}
+
+
+def upgrade_run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's stored run config with its ``model`` and ``data`` read in today's layout."""
+    upgraded = dict(config)
+    if isinstance(config.get("model"), dict):
+        upgraded["model"] = upgrade_model_config(config["model"])
+    if isinstance(config.get("data"), dict) and "allow_upscale" not in config["data"]:
+        upgraded["data"] = {**config["data"], "allow_upscale": False}  # the data module's former default
+    return upgraded
 
 
 def is_legacy(model_cfg: dict[str, Any]) -> bool:

@@ -56,8 +56,8 @@ def test_checkpoint_overrides_apply_to_the_stored_config_and_stay_strict(vae_che
     cfg = checkpoint_config(stored, [f"ckpt={vae_checkpoint}", "eval.num_generated=5", "data.num_test=9"], "evaluate", ["ckpt"])
     assert cfg.eval.num_generated == 5 and cfg.data.num_test == 9
     assert cfg.model == stored["model"] and cfg.data.image_size == stored["data"]["image_size"] == 8  # the rest as stored
-    with pytest.raises(ValueError, match=r"unknown key 'model.guidance_scale' in the checkpoint's run config\nvalid keys under 'model': _target_"):
-        checkpoint_config(stored, ["model.guidance_scale=2"], "evaluate")  # valid for the default hybrid, not for this VAE
+    with pytest.raises(ValueError, match=r"unknown key 'model.guidance.scale' in the checkpoint's run config\nvalid keys under 'model': _target_"):
+        checkpoint_config(stored, ["model.guidance.scale=2"], "evaluate")  # valid for the default hybrid, not for this VAE
     with pytest.raises(ValueError, match="the checkpoint fixed 'exp'"):
         checkpoint_config(stored, ["exp=ddpm"], "evaluate")
 

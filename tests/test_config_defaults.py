@@ -1,7 +1,7 @@
 """Settings live in YAML: a Python default of one of our ``_target_``s never contradicts the value its config gives.
 
 Every group option under ``experiments/configs`` (model, data, callbacks, ...; not the ``exp`` and
-``budget`` overlays, which override on purpose) is read with its ``defaults`` parents, and each
+``budget`` overlays, which override on purpose, nor Hydra's own settings) is read with its ``defaults`` parents, and each
 node whose ``_target_`` is project code is checked against the target's signature: a key the YAML
 sets must have no Python default or the same one.
 """
@@ -21,7 +21,7 @@ from experiments import CONFIG_DIR
 from tests.helpers import load_with_parents
 
 PROJECT_PACKAGES = {"models", "baselines", "datamodules", "callbacks", "evaluation", "experiments"}
-OVERLAY_GROUPS = {"exp", "budget"}
+OVERLAY_GROUPS = {"exp", "budget", "hydra"}  # overlays override on purpose; hydra/ is Hydra's own
 
 
 def group_files() -> list[Path]:

@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from models.checkpoint import load_generator
-from models.legacy import STATE_PREFIXES, upgrade_model_config
+from models.legacy import STATE_PREFIXES, upgrade_model_config, upgrade_run_config
 from tests.test_baselines_common import INFO, conditions_of, make_batch
 
 UNET = {"block_out_channels": [8, 16], "attention_levels": [False, True], "attention_head_dim": 4, "norm_num_groups": 4, "patch_size": 2}
@@ -77,3 +77,5 @@ def test_old_plain_ddpm_and_gan_settings_translate() -> None:
         "_target_": "baselines.gan.GAN", "latent_dim": 8}
     current = upgrade_model_config(plain)
     assert current is plain  # today's layout passes unchanged
+    data = upgrade_run_config({"model": plain, "data": {"_target_": "datamodules.SkinDataModule", "source": "phantom"}})["data"]
+    assert data["allow_upscale"] is False  # required today; the phantom's former YAML did not name it
