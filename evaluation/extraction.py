@@ -16,7 +16,8 @@ from torch import Tensor
 from evaluation.distributed import gather_rows
 from evaluation.features import extract
 from evaluation.resources import EvalResources
-from evaluation.sampling import SamplingSettings, generate_shard
+from evaluation.sampling import generate_shard
+from models.generative import SamplingSettings
 
 
 @dataclass

@@ -26,21 +26,12 @@ from evaluation.memorization import memorization_report, training_reference
 from evaluation.provenance import evaluation_provenance
 from evaluation.reconstruction import reconstruction_metrics
 from evaluation.resources import FLOOR_SPLIT, EvalResources, prepare_evaluation
-from evaluation.sampling import (
-    HOLDOUTS,
-    ReconstructionSettings,
-    SamplingSettings,
-    eval_conditions,
-    generate_shard,
-    is_conditional,
-    model_nfe,
-    reconstruction_protocol,
-    sampling_description,
-)
+from evaluation.sampling import HOLDOUTS, eval_conditions, generate_shard, is_conditional
 from evaluation.schema import METRIC_KEYS, empty_metrics
 from evaluation.scoring import bootstrap_weights, distribution_scores, domain_fd, floor_scores, spread
 from evaluation.writing import save_closest_pairs, write_files
 from models.classifier import SKIN_TONE_HEAD, batch_targets
+from models.generative import ReconstructionSettings, SamplingSettings
 
 NO_INCEPTION_SCORE = "the FID Inception file has pool3 features only, no classifier logits: no Inception Score"
 
@@ -193,13 +184,13 @@ def evaluate_generator(
     eval_dir = Path(out_dir) / "eval" if rank == 0 else None
     metrics, details = score(model, datamodule, sets, heldout, resources, eval_cfg, eval_dir, progress)
     if recon is not None:
-        metrics.update(ssim=recon["ssim"], psnr=recon["psnr"], reconstruction_protocol=reconstruction_protocol(model, settings, sampling))
+        metrics.update(ssim=recon["ssim"], psnr=recon["psnr"], reconstruction_protocol=model.reconstruction_protocol(settings, sampling))
         details["ms_ssim"] = recon["ms_ssim"]
     else:
         metrics["nulls"].update(dict.fromkeys(("ssim", "psnr", "reconstruction_protocol"), f"{type(model).__name__} has no reconstruction protocol"))
     metrics.update({k: v for k, v in (extra or {}).items()})
     metrics.update(
-        nfe=model_nfe(model, sampling), sample_time_s_per_image=sum(s.seconds for s in sets) / max(1, sum(s.drawn for s in sets)),
+        nfe=model.nfe(sampling), sample_time_s_per_image=sum(s.seconds for s in sets) / max(1, sum(s.drawn for s in sets)),
         provenance=evaluation_provenance(
             data_fingerprint=datamodule.info.fingerprint, judge=resources.judge, extractors=resources.extractors,
             settings=eval_settings(model, eval_cfg, resources, sampling, settings, budget), setup=resources.timing,
@@ -217,7 +208,7 @@ def eval_settings(model: Any, cfg: Any, resources: EvalResources, sampling: Samp
     return {
         "split": resources.split, "floor_split": FLOOR_SPLIT[resources.split] if resources.floor is not None else None,
         "n": int(cfg["num_generated"]), "num_real": resources.real.size, "seeds": [int(s) for s in cfg["seeds"]],
-        **sampling_description(model, sampling),
+        **model.sampling_description(sampling),
         "reconstruction": {"strength": settings.strength, "projection_steps": settings.projection_steps, "num": int(cfg["num_recon"])},
         "bootstrap": {"resamples": int(cfg["bootstrap"]["resamples"]), "level": float(cfg["bootstrap"]["level"])},
         "heldout_n": int(cfg["heldout"]["num_generated"]), "budget": budget,

@@ -22,7 +22,7 @@ from torchmetrics.functional.image import (
 from tqdm.auto import tqdm
 
 from evaluation.data import take
-from evaluation.sampling import ReconstructionSettings, SamplingSettings, reconstruct, reconstruction_protocol
+from models.generative import ReconstructionSettings, SamplingSettings
 
 MS_SSIM_MIN_SIZE = 161  # 5 scales of an 11-px window: the side must exceed (11 - 1) * 2**4
 
@@ -45,7 +45,7 @@ def reconstruction_metrics(
     batch_size: int, seed: int, progress: bool = False,
 ) -> dict[str, float | None] | None:
     """Reconstruct ``real`` (a stacked batch) by the model's protocol; None if the model has none."""
-    if reconstruction_protocol(model, settings, sampling) is None:
+    if model.reconstruction_protocol(settings, sampling) is None:
         return None
     outputs = []
     count = int(real["image"].shape[0])
@@ -54,7 +54,7 @@ def reconstruction_metrics(
         batch["image"] = batch["image"].to(model.device)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
         with torch.inference_mode(False), torch.enable_grad():  # GAN projection optimises a latent
-            reconstructed = reconstruct(model, batch, settings, generator, sampling)
+            reconstructed = model.reconstruct(batch, settings, generator=generator, sampling=sampling)
         if reconstructed is None:
             return None
         outputs.append(reconstructed.detach().cpu())

@@ -19,21 +19,7 @@ from tqdm.auto import tqdm
 from evaluation.data import take
 from evaluation.distributed import rank_and_world
 
-try:
-    from models.generative import ReconstructionSettings, SamplingSettings
-except ImportError:  # the generator contract of interfaces.md, until models.generative provides it
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class SamplingSettings:  # type: ignore[no-redef]
-        sampler: str | None = None
-        steps: int | None = None
-        guidance_scale: float | None = None
-
-    @dataclass(frozen=True)
-    class ReconstructionSettings:  # type: ignore[no-redef]
-        strength: float
-        projection_steps: int
+from models.generative import SamplingSettings
 
 
 HOLDOUTS = ("paraphrase", "combo")
@@ -56,14 +42,6 @@ def eval_conditions(datamodule: Any, num: int, seed: int, split: str, holdout: s
     return datamodule.sample_conditions(num, seed, split=split, holdout=holdout)
 
 
-def _generate(model: Any, conditions: dict[str, Any] | None, count: int, generator: torch.Generator, sampling: SamplingSettings | None) -> Tensor:
-    if "sampling" in inspect.signature(model.generate).parameters:
-        return model.generate(conditions, count, generator=generator, sampling=sampling)
-    if sampling is not None and sampling != SamplingSettings():
-        raise TypeError(f"{type(model).__name__}.generate takes no sampling settings")
-    return model.generate(conditions, count, generator=generator)
-
-
 @torch.no_grad()
 def generate_shard(
     model: Any, conditions: dict[str, Any] | None, num_images: int, batch_size: int, seed: int,
@@ -80,7 +58,7 @@ def generate_shard(
         rows = list(range(chunk * batch_size, min(num_images, (chunk + 1) * batch_size)))
         generator = torch.Generator().manual_seed(seed * 1_000_003 + chunk)
         start = time.perf_counter()
-        batch = _generate(model, take(conditions, rows) if conditions is not None else None, len(rows), generator, sampling)
+        batch = model.generate(take(conditions, rows) if conditions is not None else None, len(rows), generator=generator, sampling=sampling)
         if batch.is_cuda:
             torch.cuda.synchronize()
         seconds += time.perf_counter() - start
@@ -89,31 +67,3 @@ def generate_shard(
     if not images:
         return torch.empty(0, 3, model.image_size, model.image_size), torch.empty(0, dtype=torch.long), 0.0
     return torch.cat(images), torch.cat(indices), seconds
-
-
-def model_nfe(model: Any, sampling: SamplingSettings | None) -> int | None:
-    """Network evaluations per image under ``sampling``."""
-    nfe = getattr(model, "nfe", None)
-    return nfe(sampling) if callable(nfe) else nfe
-
-
-def sampling_description(model: Any, sampling: SamplingSettings | None) -> dict[str, Any]:
-    """The effective sampler, steps and guidance (empty for models without a sampler)."""
-    describe = getattr(model, "sampling_description", None)
-    if callable(describe):
-        return dict(describe(sampling))
-    found = {"sampler": getattr(model, "sampler_name", None), "steps": getattr(model, "sampler_steps", None),
-             "guidance_scale": getattr(model, "guidance_scale", None)}
-    return {k: v for k, v in found.items() if v is not None}
-
-
-def reconstruction_protocol(model: Any, settings: ReconstructionSettings, sampling: SamplingSettings | None) -> str | None:
-    protocol = getattr(model, "reconstruction_protocol", None)
-    return protocol(settings, sampling) if callable(protocol) else protocol
-
-
-def reconstruct(model: Any, batch: dict[str, Any], settings: ReconstructionSettings, generator: torch.Generator,
-                sampling: SamplingSettings | None) -> Tensor | None:
-    if "settings" in inspect.signature(model.reconstruct).parameters:
-        return model.reconstruct(batch, settings, generator=generator, sampling=sampling)
-    return model.reconstruct(batch, generator=generator)

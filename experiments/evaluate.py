@@ -36,7 +36,6 @@ from evaluation.judge import load_or_train_judge
 from evaluation.protocol import NO_INCEPTION_SCORE, evaluate_generator
 from evaluation.provenance import code_provenance
 from evaluation.reconstruction import image_quality
-from evaluation.sampling import SamplingSettings
 from evaluation.schema import empty_metrics, read_metrics_json, write_metrics_json
 from experiments.command import command, task_overrides
 from experiments.compose import checkpoint_config, parse_overrides, with_checkpoint_data

@@ -16,10 +16,10 @@ from evaluation.fid import frechet_distance
 from evaluation.judge import load_or_train_judge
 from evaluation.protocol import evaluate_generator
 from evaluation.resources import prepare_evaluation
-from evaluation.sampling import SamplingSettings
 from evaluation.schema import METRIC_KEYS, write_metrics_json
 from experiments import CONFIG_DIR
 from models.classifier import batch_targets, head_sizes, train_classifier
+from models.generative import SamplingSettings
 from tests.eval_fakes import BlobDataModule, BlobGenerator, CopyGenerator, NoiseGenerator
 
 
