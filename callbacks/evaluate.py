@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from callbacks.ema import ema_weights
+from callbacks.rng import collect_rng_states, restore_rng_states
 from evaluation.protocol import evaluate_generator, validation_fd
 from evaluation.resources import EvalResources, prepare_evaluation
 from evaluation.schema import write_metrics_json
@@ -57,10 +58,16 @@ class Evaluate(Callback):
         if stage != "fit" or trainer.datamodule is None or self.resources is not None:
             return
         start = time.perf_counter()
-        self.resources = prepare_evaluation(
-            trainer.datamodule, validation_config(self.eval_cfg), trainer.strategy.root_device,
-            progress=trainer.is_global_zero and bool(self.eval_cfg["progress"]),
-        )
+        # The set-up trains the judge or loads it from the cache: the training's random streams must
+        # not depend on which, or a run would not repeat itself (nor a resumed run the straight one).
+        states = collect_rng_states()
+        try:
+            self.resources = prepare_evaluation(
+                trainer.datamodule, validation_config(self.eval_cfg), trainer.strategy.root_device,
+                progress=trainer.is_global_zero and bool(self.eval_cfg["progress"]),
+            )
+        finally:
+            restore_rng_states(states)
         self.resources.timing["total_s"] = round(time.perf_counter() - start, 2)
         self.resources.timing["when"] = "before training (callback set-up)"
 
