@@ -1,6 +1,7 @@
 """``SkinDataModule``: one LightningDataModule for every generator and every data source.
 
-    dm = SkinDataModule(source="phantom", num_workers=0, num_train=10000, num_val=500, num_test=500, allow_upscale=False)
+    dm = SkinDataModule(source="phantom", num_workers=0, num_train=10000, num_val=500, num_test=500, allow_upscale=False,
+                         holdout_combos=(), holdout_paraphrases=0)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     # batch["image"] (B, 3, H, W) in [-1, 1]; batch["caption"] list[str]; batch["label"] (B,) long;
@@ -137,9 +138,10 @@ class SkinDataModule(L.LightningDataModule):
         image_size: side of the square images in pixels.
         num_workers: loader processes (0 loads in the training process).
         root / csv: data folder and metadata/caption CSV of file-based sources.
-        seed: the run's seed: the training shuffle and the phantom's rendering.
-        split_seed: real sources' train/val/test split, per-split subsets and caption phrasings;
-            independent of ``seed``, so every training seed sees the same data.
+        seed: the run's seed: the training shuffle.
+        split_seed: the data set itself, independent of ``seed`` so that every training seed sees
+            the same data: the phantom's rendering, real sources' train/val/test split, per-split
+            subsets and caption phrasings.
         num_train / num_val / num_test: phantom split sizes; for other sources caps per split
             (a seeded subset), None for the whole split.
         val_fraction / test_fraction: split shares where the source has no official split.
@@ -167,6 +169,8 @@ class SkinDataModule(L.LightningDataModule):
         num_val: int | None,
         num_test: int | None,
         allow_upscale: bool,
+        holdout_combos: Sequence[dict[str, Any]],
+        holdout_paraphrases: int,
         image_size: int = 32,
         batch_size: int = 32,
         seed: int = 0,
@@ -180,8 +184,6 @@ class SkinDataModule(L.LightningDataModule):
         with_index: bool = False,
         sampler: str = "natural",
         sampler_temperature: float = 1.0,
-        holdout_combos: Sequence[dict[str, Any]] = (),
-        holdout_paraphrases: int = 0,
         augment: bool = True,
         augment_flips: bool = True,
         augment_rot90: bool = True,

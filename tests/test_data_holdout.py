@@ -24,7 +24,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def phantom(cache: Path, **kwargs) -> SkinDataModule:
-    settings = dict(source="phantom", image_size=8, num_workers=0, num_train=600, num_val=300, num_test=300, allow_upscale=False,
+    settings = dict(source="phantom", image_size=8, num_workers=0, num_train=600, num_val=300, num_test=300, allow_upscale=False, holdout_combos=(), holdout_paraphrases=0,
                     cache_dir=str(cache), progress=False)
     dm = SkinDataModule(**{**settings, **kwargs})
     dm.setup()

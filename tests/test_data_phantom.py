@@ -12,7 +12,7 @@ from datamodules.sources.phantom_render import SKIN_PALETTE, render, uci_palette
 
 
 def small(**kwargs) -> SkinDataModule:
-    settings = dict(source="phantom", image_size=16, batch_size=8, num_workers=0, num_train=24, num_val=8, num_test=8, allow_upscale=False, progress=False)
+    settings = dict(source="phantom", image_size=16, batch_size=8, num_workers=0, num_train=24, num_val=8, num_test=8, allow_upscale=False, holdout_combos=(), holdout_paraphrases=0, progress=False)
     return SkinDataModule(**{**settings, **kwargs})
 
 
@@ -24,7 +24,10 @@ def test_same_seed_and_index_give_same_pixels(tmp_path) -> None:
     np.testing.assert_array_equal(first.train_set.table.images[:12], second.train_set.table.images[:12])
     assert first.train_set.captions[:12] == second.train_set.captions[:12]
     np.testing.assert_array_equal(first.val_set.table.images[:], second.val_set.table.images[:])  # val does not shift with num_train
-    other = small(cache_dir=tmp_path / "c", seed=1)
+    shuffled = small(cache_dir=tmp_path / "d", seed=1)  # another training seed: the same data set
+    shuffled.setup()
+    np.testing.assert_array_equal(first.train_set.table.images[:], shuffled.train_set.table.images[:])
+    other = small(cache_dir=tmp_path / "c", split_seed=1)
     other.setup()
     assert not np.array_equal(first.train_set.table.images[:], other.train_set.table.images[:])
 

@@ -36,7 +36,7 @@ def test_full_split_is_lesion_grouped_and_stratified(ham_root) -> None:
 
 def test_real_subset_loads_without_leakage(ham_root, tmp_path) -> None:
     dm = SkinDataModule(source="ham10000", root=str(ham_root), image_size=32, batch_size=8, num_workers=0, num_train=96, num_val=32,
-                        num_test=32, allow_upscale=False, cache_dir=str(tmp_path), progress=False)
+                        num_test=32, allow_upscale=False, holdout_combos=(), holdout_paraphrases=0, cache_dir=str(tmp_path), progress=False)
     dm.setup()
     sets = (dm.train_set, dm.val_set, dm.test_set)
     assert [len(s) for s in sets] == [96, 32, 32]

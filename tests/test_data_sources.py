@@ -81,7 +81,7 @@ def make_folder(root: Path, count: int = 20, size: int = 24, labels: list | None
 
 def module(tmp_path: Path, **kwargs) -> SkinDataModule:
     settings = dict(image_size=16, batch_size=4, cache_dir=tmp_path / "cache", progress=False, val_fraction=0.2, test_fraction=0.2,
-                    num_workers=0, num_train=None, num_val=None, num_test=None, allow_upscale=False)
+                    num_workers=0, num_train=None, num_val=None, num_test=None, allow_upscale=False, holdout_combos=(), holdout_paraphrases=0)
     return SkinDataModule(**{**settings, **kwargs})
 
 
@@ -138,7 +138,7 @@ def test_ham10000_caption_round_trip(tmp_path: Path) -> None:
 
 
 def test_phantom_caption_round_trip() -> None:
-    dm = SkinDataModule(source="phantom", num_workers=0, num_train=8, num_val=4, num_test=4, allow_upscale=False, image_size=8, progress=False)
+    dm = SkinDataModule(source="phantom", num_workers=0, num_train=8, num_val=4, num_test=4, allow_upscale=False, holdout_combos=(), holdout_paraphrases=0, image_size=8, progress=False)
     dm.setup()
     rng = np.random.default_rng(0)
     for seed in range(40):
@@ -171,7 +171,7 @@ def test_dermamnist_fixture(tmp_path: Path) -> None:
     up = module(tmp_path, source="dermamnist", root=str(root), image_size=32)
     with pytest.raises(ImageTooSmallError, match="allow_upscale"):
         up.setup()
-    check_batch(module(tmp_path, source="dermamnist", root=str(root), image_size=32, allow_upscale=True), size=32)
+    check_batch(module(tmp_path, source="dermamnist", root=str(root), image_size=32, allow_upscale=True, holdout_combos=(), holdout_paraphrases=0), size=32)
 
 
 def test_folder_with_and_without_labels(tmp_path: Path) -> None:
@@ -201,7 +201,7 @@ def test_folder_split_column(tmp_path: Path) -> None:
 
 def test_unknown_source_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match="ham10000"):
-        SkinDataModule(source="nope", num_workers=0, num_train=None, num_val=None, num_test=None, allow_upscale=False)
+        SkinDataModule(source="nope", num_workers=0, num_train=None, num_val=None, num_test=None, allow_upscale=False, holdout_combos=(), holdout_paraphrases=0)
 
 
 def test_missing_root(tmp_path: Path) -> None:
@@ -271,7 +271,7 @@ def test_images_smaller_than_requested(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "folder", count=12, size=8)
     with pytest.raises(ImageTooSmallError, match=r"img_\d+\.png is 8x8.*allow_upscale"):
         module(tmp_path, source="folder", root=str(root)).setup()
-    check_batch(module(tmp_path, source="folder", root=str(root), allow_upscale=True))
+    check_batch(module(tmp_path, source="folder", root=str(root), allow_upscale=True, holdout_combos=(), holdout_paraphrases=0))
 
 
 def test_preprocessing_changes_the_cache(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def test_resumes_at_the_next_unseen_draw() -> None:
 
 def phantom_module(tmp_path, **kwargs) -> SkinDataModule:
     settings = dict(source="phantom", image_size=8, batch_size=30, num_workers=0, num_train=300, num_val=10, num_test=10,
-                    allow_upscale=False, cache_dir=str(tmp_path), progress=False)
+                    allow_upscale=False, holdout_combos=(), holdout_paraphrases=0, cache_dir=str(tmp_path), progress=False)
     return SkinDataModule(**{**settings, **kwargs})
 
 

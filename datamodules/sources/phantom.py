@@ -222,19 +222,19 @@ def load(request: SourceRequest) -> SourceTable:
     splits: dict[str, SplitTable] = {}
     for split in SPLITS:
         count = int(sizes[split])
-        key = {"source": "phantom", "split": split, "size": request.image_size, "seed": request.seed, "count": count,
+        key = {"source": "phantom", "split": split, "size": request.image_size, "seed": request.split_seed, "count": count,
                "renderer": RENDERER_VERSION, "preprocess": request.preprocess_key()}
         def build(out: np.memmap, split: str = split, count: int = count) -> dict[str, Any]:
             start = time.perf_counter()
-            render_split(request.seed, split, out, render_workers(), request.progress)
+            render_split(request.split_seed, split, out, render_workers(), request.progress)
             request.preprocess_array(out)
             log.info("Rendered %d phantom %s images at %d px in %.1f s", count, split, request.image_size, time.perf_counter() - start)
-            return {"truth": ground_truth(request.seed, split, count)}  # stored beside the pixels
+            return {"truth": ground_truth(request.split_seed, split, count)}  # stored beside the pixels
 
         images, extra = cached_images(request.cache_dir, key, (count, request.image_size, request.image_size, 3), build)
         truth = {k: (np.asarray(v, np.int64) if k in ("labels", "skin_tone") else v) for k, v in extra["truth"].items()}
         truth["attributes"] = {k: np.asarray(v, np.int64) for k, v in truth["attributes"].items()}
-        inputs = [{"seed": hash_index(request.seed, split, i), "colour_names": truth["colour_sets"][i]} for i in range(count)]
+        inputs = [{"seed": hash_index(request.split_seed, split, i), "colour_names": truth["colour_sets"][i]} for i in range(count)]
         captions = [
             phantom_caption(int(truth["labels"][i]), {k: int(v[i]) for k, v in truth["attributes"].items()},
                             int(truth["skin_tone"][i]), frames=training_frames, **inputs[i])
@@ -242,7 +242,7 @@ def load(request: SourceRequest) -> SourceTable:
         ]
         splits[split] = SplitTable(
             images=images, labels=truth["labels"], attributes=truth["attributes"], skin_tone=truth["skin_tone"],
-            captions=captions, image_ids=[f"phantom-{request.seed}-{split}-{i}" for i in range(count)], lesion_ids=None,
+            captions=captions, image_ids=[f"phantom-{request.split_seed}-{split}-{i}" for i in range(count)], lesion_ids=None,
             caption_inputs=inputs,
         )
     return SourceTable(info=info, splits=splits)

@@ -104,7 +104,7 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dermsynth-bench-") as temp:
         for size in SIZES:
             dm = SkinDataModule(source="phantom", image_size=size, batch_size=32, num_workers=workers, num_train=int(options["num_train"]),
-                                num_val=32, num_test=32, allow_upscale=False, cache_dir=options.get("cache_dir") or temp, progress=False)
+                                num_val=32, num_test=32, allow_upscale=False, holdout_combos=(), holdout_paraphrases=0, cache_dir=options.get("cache_dir") or temp, progress=False)
             dm.setup()
             cached[str(size)] = loader_images_per_s(dm.train_dataloader(), batches)
             # enough files for the timed batches plus the warm-up one, at most 256 (the loader cycles)
