@@ -35,7 +35,7 @@ from datamodules.info import DataInfo
 from datamodules.resumable import ResumableBatchSampler, ShuffledShard, rank_and_world
 from datamodules.sampling import ClassBalancedSampler, class_shares
 from datamodules.sources import SourceRequest, SourceTable, get_source
-from datamodules.sources.base import SplitTable
+from datamodules.sources.base import SplitTable, stratified_fraction
 from datamodules.transforms import Augment, Preprocess, to_tensor
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,11 @@ def collate_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def check_settings(source: str, on_bad_image: str, sampler: str, sampler_temperature: float, sizes: tuple[int | None, ...]) -> None:
+def check_settings(
+    source: str, on_bad_image: str, sampler: str, sampler_temperature: float, sizes: tuple[int | None, ...], train_fraction: float,
+) -> None:
     """Clear errors for bad data settings at construction, not at the first epoch."""
+    stratified_fraction(np.zeros(1), train_fraction, 0)  # validates the fraction
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
     if sampler not in ("natural", "balanced"):
@@ -144,6 +147,9 @@ class SkinDataModule(L.LightningDataModule):
             subsets and caption phrasings.
         num_train / num_val / num_test: phantom split sizes; for other sources caps per split
             (a seeded subset), None for the whole split.
+        train_fraction: keep this class-stratified share of the training split (seeded by
+            ``split_seed``, nested across fractions; ``sources.base.stratified_fraction``), the
+            scarce-data setting; val and test are untouched. It changes the data fingerprint.
         val_fraction / test_fraction: split shares where the source has no official split.
         cache_dir: where decoded images live; default ``$DERMSYNTH_CACHE`` or ``~/.cache/dermsynth``.
         with_reference: training items also carry ``reference``, another image of the same label.
@@ -177,6 +183,7 @@ class SkinDataModule(L.LightningDataModule):
         split_seed: int = 0,
         root: str | None = None,
         csv: str | None = None,
+        train_fraction: float = 1.0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         cache_dir: str | None = None,
@@ -197,9 +204,9 @@ class SkinDataModule(L.LightningDataModule):
         progress: bool = True,
     ):
         super().__init__()
-        check_settings(source, on_bad_image, sampler, sampler_temperature, (num_train, num_val, num_test))
+        check_settings(source, on_bad_image, sampler, sampler_temperature, (num_train, num_val, num_test), train_fraction)
         self.source, self.batch_size, self.num_workers, self.seed = source, batch_size, num_workers, seed
-        self.with_reference, self.with_index = with_reference, with_index
+        self.with_reference, self.with_index, self.train_fraction = with_reference, with_index, float(train_fraction)
         self.balanced, self.sampler_temperature = sampler == "balanced", float(sampler_temperature)
         self._holdout_combos = [dict(combo) for combo in holdout_combos or ()]
         self.holdout = Holdout(paraphrases=int(holdout_paraphrases))  # combos resolved against the vocabulary in setup
@@ -236,6 +243,9 @@ class SkinDataModule(L.LightningDataModule):
             held_out = matches(table.splits["train"], self.holdout.combos)
             log.info("data.holdout_combos: %d of %d training images held out", int(held_out.sum()), len(held_out))
             table.splits["train"] = table.splits["train"].select(np.flatnonzero(~held_out))
+        if self.train_fraction < 1.0:  # the fingerprint follows: it hashes the training split's image ids
+            rows = stratified_fraction(table.splits["train"].labels, self.train_fraction, self.request.split_seed)
+            table.splits["train"] = table.splits["train"].select(rows)
         self.table = table
         self._info = replace(table.info, fingerprint=fingerprint_with(table.fingerprint(), self.holdout))
         self.train_set = SkinDataset(table.splits["train"], self.augmentation, self.with_reference, self.with_index)

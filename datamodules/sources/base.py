@@ -120,6 +120,24 @@ def subsample(indices: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
     return np.sort(rng.choice(indices, size=int(cap), replace=False))
 
 
+def stratified_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Rows of a seeded, class-stratified ``fraction`` of a split, in their original order.
+
+    Each class keeps ``round(fraction * n_c)`` of its ``n_c`` rows, at least one, so a rare class is
+    never dropped. The kept rows are the first of one seeded permutation per class, so for one
+    seed a smaller fraction's rows lie inside a larger one's (nested scarcity levels).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"data.train_fraction must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    kept = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        kept.append(members[: max(1, round(fraction * len(members)))])
+    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+
+
 def stratified_group_split(labels: np.ndarray, groups: np.ndarray, fractions: tuple[float, float], seed: int) -> np.ndarray:
     """Split index (0 train, 1 val, 2 test) per row: whole groups per split, stratified by label.
 
