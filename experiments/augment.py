@@ -1,66 +1,224 @@
-"""Downstream benchmark: a classifier trained on real, real + synthetic, and synthetic-only data.
+"""Downstream benchmark: does adding synthetic images help a classifier of real skin images?
 
-    python -m experiments.augment gen_ckpt=runs/hybrid/<run>/checkpoints/last.ckpt
-    python -m experiments.augment gen_ckpt=PATH real_fraction=[0.1,1.0] seeds=[0,1,2] num_synthetic=2000 data.root=/path
+    python -m experiments.augment data=ham10000 data.root=DIR data.image_size=64
+    python -m experiments.augment data=folder data.root=DIR train_generators=false \\
+        'generators.syn.checkpoints={0.1: A.ckpt, 0.25: B.ckpt, 1.0: C.ckpt}' 'generators.syn_class.checkpoints={...}'
 
-The data come from the generator's own run config (the same source and training split it learned
-from); ``data.*`` and ``eval.*`` overrides apply on top (settings: configs/augment.yaml). Writes
-``downstream.json`` (every run and the mean ± std of the deltas over seeds; default: the
-generator's run folder, where ``experiments.report`` finds it) and prints its summary as one JSON
-object on the last line.
+For every real fraction (``data.train_fraction``), the generators are trained on that fraction only
+(or given, and refused if their data fingerprint shows more), N class-balanced images are drawn from
+each, and one classifier per (arm, seed) is trained (``evaluation.downstream``) and read on the whole
+real test split. Each cell is written atomically to ``<out>/cells/`` as it finishes; a second call with
+the same ``out`` skips the finished cells (and reuses generators and synthetic sets), so an interrupted
+run resumes. ``<out>/downstream.json`` holds every cell, the summary (figures over seeds, deltas against
+``real`` and ``real_balanced`` paired by seed, with intervals) and the protocol; the plot of Δ balanced
+accuracy against the real fraction goes beside it, and ``python -m experiments.report`` adds both to
+report.md. The last stdout line is the headline as one JSON object. Settings: configs/augment.yaml.
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm.auto import tqdm
 
-from datamodules.atomic import write_text_atomic
-from evaluation.data import cache_root
-from evaluation.downstream import run_benchmark, synthetic_dataset
-from evaluation.judge import load_or_train_judge
+from datamodules.atomic import atomic_write, write_text_atomic
+from evaluation.bootstrap import draw_weights
+from evaluation.data import collect, split_hash
+from evaluation.downstream import ARMS, SYNTHETIC_OF_ARM, LabelledImages, draw_plan, synthetic_images, train_and_test
+from evaluation.downstream_metrics import cell_figures
+from evaluation.downstream_summary import summarize
+from evaluation.provenance import code_provenance, file_hash
+from experiments.augment_generators import generator_checkpoint, generator_spec, run_overrides, sampling_settings
 from experiments.command import command, task_overrides
-from experiments.compose import checkpoint_config, with_checkpoint_data
-from models.checkpoint import build_stored_datamodule, load_generator, read_checkpoint, stored_config
-
-OWN_KEYS = ("gen_ckpt", "out", "num_synthetic", "real_fraction", "seeds", "epochs")  # configs/augment.yaml's own
-# Shortcuts for eval.downstream settings: command-line key -> downstream key.
-SHORTCUTS = {"num_synthetic": "num_synthetic", "real_fraction": "real_fractions", "seeds": "seeds", "epochs": "epochs"}
+from experiments.compose import compose_config
+from experiments.report_downstream import headline, plot_deltas
+from models.checkpoint import load_generator
 
 
 def augment(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The command (``cfg`` composed from configs/augment.yaml); ``overrides`` as for ``evaluate``."""
+    """The command (``cfg`` composed from configs/augment.yaml); ``overrides``: its command line (default: Hydra's)."""
+    started = time.perf_counter()
+    check_settings(cfg)
     overrides = task_overrides() if overrides is None else list(overrides)
-    run_cfg = checkpoint_config(stored_config(read_checkpoint(cfg.gen_ckpt), cfg.gen_ckpt), overrides, "augment", OWN_KEYS)
-    settings = run_cfg.eval.downstream
-    for key, target in SHORTCUTS.items():
-        if cfg[key] is not None:
-            value = cfg[key]
-            settings[target] = list(value) if OmegaConf.is_list(value) else ([value] if target in ("real_fractions", "seeds") else value)
-
-    model = load_generator(cfg.gen_ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu")
-    datamodule = build_stored_datamodule(run_cfg.data, f"{cfg.gen_ckpt}: dermsynth_config.data")
-    if datamodule.info.to_dict() != model.data_info.to_dict():
-        raise ValueError("the data config does not match the generator's training data (DataInfo differs); the benchmark needs the same split")
-    judge = load_or_train_judge(datamodule, run_cfg.eval.judge, cache_root(run_cfg.eval), progress=True) if model.conditioning == "none" else None
-    synthetic, label_source = synthetic_dataset(model, datamodule, int(settings.num_synthetic), int(run_cfg.get("seed", 0)), int(run_cfg.eval.batch_size), judge, progress=True)
-    results = run_benchmark(datamodule, synthetic, settings, progress=False)
-    results.update(gen_ckpt=str(Path(cfg.gen_ckpt).resolve()), exp=run_cfg.get("exp_name"), data=run_cfg.data.get("source"),
-                   synthetic_labels=label_source, settings=OmegaConf.to_container(settings, resolve=True))
-    out = Path(cfg.out or Path(cfg.gen_ckpt).resolve().parent.parent)
-    write_text_atomic(out / "downstream.json", json.dumps(results, indent=1))
+    fractions = [float(f) for f in cfg.real_fractions]
+    datamodules = {f: fraction_datamodule(cfg.data, f) for f in fractions}
+    context = shared_context(cfg, datamodules)
+    context.update(out=Path(cfg.out), forwarded=run_overrides(overrides, set(cfg.keys()) - set(compose_config("config").keys())))
+    cells: list[dict[str, Any]] = []
+    with tqdm(total=len(fractions) * len(cfg.arms) * len(cfg.seeds), desc="downstream cells", disable=not cfg.progress) as bar:
+        for fraction in fractions:
+            cells += fraction_cells(cfg, fraction, datamodules[fraction], context, bar)
+    labels, class_names, level = context["test"]["label"].numpy(), context["class_names"], float(cfg.bootstrap.level)
+    summary = summarize(cells, labels, context["weights"], class_names, level)
+    results = {
+        "data": cfg.data.source, "image_size": int(cfg.data.image_size), "class_names": class_names,
+        "data_fingerprints": {f"{f:g}": dm.info.fingerprint for f, dm in datamodules.items()},
+        "num_real": {f"{f:g}": len(dm.train_set) for f, dm in datamodules.items()},
+        "test": {"n": len(labels), "split_hash": context["test_hash"], "class_counts": np.bincount(labels, minlength=len(class_names)).tolist()},
+        "protocol": protocol(cfg), "generators": context["generators"],
+        # Figures from the stored probabilities under this call's bootstrap, so resumed and fresh cells agree.
+        "cells": [{**{k: v for k, v in cell.items() if k not in ("probabilities", "key")},
+                   **cell_figures(np.asarray(cell["probabilities"]), labels, context["weights"], class_names, level)} for cell in cells],
+        "summary": summary, "headline": headline(summary),
+        "time_s": round(time.perf_counter() - started, 1), "provenance": code_provenance(),
+    }
+    write_text_atomic(context["out"] / "downstream.json", json.dumps(results, indent=1))
+    plot_deltas(results, context["out"] / "downstream_delta_balanced_accuracy.png")
     return results
 
 
-@command("augment", prepare=functools.partial(with_checkpoint_data, ckpt_key="gen_ckpt"))
+def shared_context(cfg: DictConfig, datamodules: dict[float, Any]) -> dict[str, Any]:
+    """What every cell shares: the test and validation images, the bootstrap replicates, the class names."""
+    first = next(iter(datamodules.values()))
+    if first.info.num_classes < 2:
+        raise ValueError(f"data {cfg.data.source!r} has {first.info.num_classes} class: the benchmark needs labelled data (a label column)")
+    for split in ("val_set", "test_set"):
+        if len({split_hash(getattr(dm, split)) for dm in datamodules.values()}) != 1:
+            raise ValueError(f"the {split.removesuffix('_set')} split changes with data.train_fraction; every fraction must share it")
+    test = collect(first.test_set)
+    return {
+        "test": test, "test_hash": split_hash(first.test_set), "class_names": list(first.info.class_names),
+        "validation": collect(first.val_set, cfg.classifier.num_val, seed=0),
+        "weights": draw_weights(len(test["label"]), int(cfg.bootstrap.resamples), int(cfg.bootstrap.seed)).numpy(),
+        "generators": {},
+    }
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Clear errors for settings that cannot make a benchmark, before anything is trained."""
+    unknown = [arm for arm in cfg.arms if arm not in ARMS]
+    if unknown or not cfg.arms:
+        raise ValueError(f"arms: {unknown or 'empty'}; valid arms: {', '.join(ARMS)}")
+    if not cfg.real_fractions or any(not 0.0 < float(f) <= 1.0 for f in cfg.real_fractions):
+        raise ValueError(f"real_fractions must be a non-empty list of numbers in (0, 1], got {list(cfg.real_fractions or [])}")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or len(set(cfg.real_fractions)) != len(cfg.real_fractions):
+        raise ValueError(f"seeds and real_fractions: non-empty lists without repeats, got {list(cfg.seeds or [])}, {list(cfg.real_fractions)}")
+    for key in ("steps", "batch_size", "eval_points"):
+        if int(cfg.classifier[key]) < 1:
+            raise ValueError(f"classifier.{key} must be a positive integer, got {cfg.classifier[key]}")
+    if any(SYNTHETIC_OF_ARM[arm] for arm in cfg.arms) and int(cfg.num_synthetic) < 1:
+        raise ValueError(f"num_synthetic must be positive for the arms {[a for a in cfg.arms if SYNTHETIC_OF_ARM[a]]}")
+
+
+def fraction_datamodule(data_cfg: DictConfig, fraction: float) -> Any:
+    """The data module of one scarcity level (``data.train_fraction``), set up."""
+    node = data_cfg.copy()
+    with open_dict(node):
+        node.train_fraction = fraction
+    datamodule = instantiate(node)
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
+
+
+def protocol(cfg: DictConfig) -> dict[str, Any]:
+    """The protocol as downstream.json states it: everything that fixes the figures."""
+    keys = ("real_fractions", "seeds", "arms", "num_synthetic", "synthetic_share", "classifier", "bootstrap", "train_generators")
+    stated = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key] for key in keys}
+    generators = OmegaConf.to_container(cfg.generators, resolve=True)
+    stated.update(generators=generators, budget=cfg.budget_name, image_size=int(cfg.data.image_size), seed=int(cfg.seed),
+                  mixing="concatenated" if cfg.synthetic_share is None else f"{cfg.synthetic_share:g} of every batch synthetic",
+                  selection=f"best validation balanced accuracy at {cfg.classifier.eval_points} evenly spaced steps")
+    return stated
+
+
+def cell_key(cfg: DictConfig, fingerprint: str, test_hash: str, arm: str, seed: int, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """What a cell's figures depend on; a stored cell is reused only under the same key."""
+    kind = SYNTHETIC_OF_ARM[arm]
+    key = {"data_fingerprint": fingerprint, "test_split": test_hash, "arm": arm, "seed": int(seed),
+           "classifier": OmegaConf.to_container(cfg.classifier, resolve=True)}
+    if kind is not None:
+        key.update(generator=spec, num_synthetic=int(cfg.num_synthetic), sampling=OmegaConf.to_container(cfg.generators.sampling),
+                   synthetic_seed=int(cfg.seed), synthetic_share=None if arm == "syn" else cfg.synthetic_share)
+    return json.loads(json.dumps(key))
+
+
+def read_cell(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored cell at ``path`` if it was computed under ``key``; None if absent; an error if it differs."""
+    if not path.is_file():
+        return None
+    cell = json.loads(path.read_text())
+    if cell.get("key") != key:
+        differ = sorted(k for k in set(key) | set(cell.get("key") or {}) if key.get(k) != (cell.get("key") or {}).get(k))
+        raise ValueError(f"{path} was computed under other settings ({', '.join(differ)} differ): use another out= for this protocol")
+    return cell
+
+
+def fraction_cells(cfg: DictConfig, fraction: float, datamodule: Any, context: dict[str, Any], bar: Any) -> list[dict[str, Any]]:
+    """The (arm, seed) cells of one real fraction: stored ones read back, missing ones trained and written."""
+    train = datamodule.train_set
+    real = LabelledImages(train.table.images, train.labels, datamodule.augmentation)
+    kinds = sorted({SYNTHETIC_OF_ARM[arm] for arm in cfg.arms} - {None})
+    specs = {kind: generator_spec(cfg, kind, fraction, context["forwarded"]) for kind in kinds}
+    for kind, spec in specs.items():
+        context["generators"].setdefault(kind, {})[f"{fraction:g}"] = dict(spec)
+    synthetic: dict[str, LabelledImages] = {}
+    cells = []
+    for arm in cfg.arms:
+        kind = SYNTHETIC_OF_ARM[arm]
+        for seed in cfg.seeds:
+            path = context["out"] / "cells" / f"f{fraction:g}" / arm / f"seed{int(seed)}.json"
+            key = cell_key(cfg, datamodule.info.fingerprint, context["test_hash"], arm, int(seed), specs.get(kind))
+            cell = read_cell(path, key)
+            if cell is None:
+                if kind is not None and kind not in synthetic:
+                    synthetic[kind] = synthetic_set(cfg, kind, fraction, datamodule, context)
+                cell = run_cell(cfg, arm, int(seed), fraction, real, synthetic.get(kind), context)
+                write_text_atomic(path, json.dumps({**cell, "key": key}))
+            cells.append(cell)
+            bar.update(1)
+    return cells
+
+
+def synthetic_set(cfg: DictConfig, kind: str, fraction: float, datamodule: Any, context: dict[str, Any]) -> LabelledImages:
+    """The N class-balanced images of the ``kind`` generator for ``fraction``; drawn once, kept in ``<out>/synthetic/``."""
+    out, start = context["out"], time.perf_counter()
+    path = generator_checkpoint(cfg, kind, fraction, datamodule.info.fingerprint, context["forwarded"], out)
+    key = json.dumps({"checkpoint_sha1": file_hash(path), "num_synthetic": int(cfg.num_synthetic), "seed": int(cfg.seed),
+                      "sampling": OmegaConf.to_container(cfg.generators.sampling)}, sort_keys=True)
+    context["generators"][kind][f"{fraction:g}"].update(checkpoint=str(path), synthetic=json.loads(key))
+    store = out / "synthetic" / f"{kind}_f{fraction:g}.npz"
+    if store.is_file():
+        with np.load(store) as saved:
+            if str(saved["key"]) == key:
+                return LabelledImages(saved["images"], saved["labels"], datamodule.augmentation)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_generator(path, map_location=device)
+    images, labels = synthetic_images(model, datamodule, int(cfg.num_synthetic), int(cfg.seed), int(cfg.generators.batch_size),
+                                      sampling=sampling_settings(cfg), progress=bool(cfg.progress))
+    with atomic_write(store, "wb") as handle:
+        np.savez(handle, images=images, labels=labels, key=np.array(key))
+    context["generators"][kind][f"{fraction:g}"]["time_s"] = round(time.perf_counter() - start, 1)
+    return LabelledImages(images, labels, datamodule.augmentation)
+
+
+def run_cell(cfg: DictConfig, arm: str, seed: int, fraction: float, real: LabelledImages,
+             synthetic: LabelledImages | None, context: dict[str, Any]) -> dict[str, Any]:
+    """Train, select and test one classifier: what it did and its test probabilities (rounded as stored)."""
+    recipe = cfg.classifier
+    plan = draw_plan(arm, real.labels, len(synthetic) if synthetic is not None else 0, int(recipe.steps), int(recipe.batch_size),
+                     seed, cfg.synthetic_share)
+    result = train_and_test(real, synthetic, plan, recipe, len(context["class_names"]), context["validation"], context["test"]["image"],
+                            seed, description=f"{arm} f={fraction:g} seed={seed}", progress=bool(cfg.progress))
+    probabilities = np.round(result.pop("probabilities"), 7)
+    return {"real_fraction": fraction, "arm": arm, "seed": seed, "num_real": len(real) if arm != "syn" else 0,
+            "num_synthetic": len(synthetic) if synthetic is not None else 0, **result, "probabilities": probabilities.tolist()}
+
+
+@command("augment")
 def main(cfg: DictConfig) -> None:
+    # One Trainer per cell: Lightning's per-fit notices (accelerator, tips) would bury the progress bars.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     results = augment(cfg)
-    print(json.dumps({"exp": results["exp"], "synthetic_labels": results["synthetic_labels"], **results["summary"]}), flush=True)
+    print(json.dumps({"data": results["data"], "headline": results["headline"]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ feature space, another real set, another n), so each key gets its own table, hea
 and nothing is ever averaged across keys. Within a table, one row per ``exp``: the mean over its
 runs (training seeds) ± their standard deviation, and in brackets the mean of the runs' 95%
 bootstrap intervals. The floor (real-vs-real at the same n) stands beside every table. "—" marks
-figures a model cannot have. ``downstream.json`` files of ``experiments.augment`` add the downstream gain.
+figures a model cannot have. Each ``downstream.json`` of ``experiments.augment`` below the folder adds a
+downstream section (``experiments.report_downstream``) with its plot of Δ balanced accuracy vs real fraction.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from evaluation.schema import read_metrics_json  # noqa: E402
 from experiments.command import command  # noqa: E402
+from experiments.report_downstream import downstream_sections  # noqa: E402
 
 DASH = "—"
 KEY_FIELDS = ("data_fingerprint", "feature_extractor", "eval_split", "num_generated", "judge", "budget")
@@ -46,7 +47,6 @@ COLUMNS: list[tuple[str, str, str | None, int, float]] = [
     ("visual acc.", "mean_visual", "cond_accuracy.mean_visual", 3, 1.0),
     ("copy rate", "copy_rate", None, 3, 1.0),
     ("worst tone FD", "worst_tone_fd", None, 2, 1.0),
-    ("downstream Δacc (pp)", "downstream_gain_pp", None, 2, 1.0),
     ("train time (s)", "train_time_s", None, 0, 1.0),
     ("s / image", "sample_time_s_per_image", None, 4, 1.0),
     ("NFE", "nfe", None, 0, 1.0),
@@ -74,14 +74,11 @@ def figures_of(run_dir: Path, metrics: dict[str, Any]) -> dict[str, tuple[float 
     """Each column's (value, interval) for one run, scaled for display."""
     cond = metrics.get("cond_accuracy") or {}
     memorization = metrics.get("memorization") or {}
-    downstream = run_dir / "downstream.json"
-    gain = json.loads(downstream.read_text()).get("summary", {}).get("delta_accuracy_mean") if downstream.is_file() else None
     values = {
         **{key: metrics.get(key) for _, key, _, _, _ in COLUMNS if key in metrics},
         "diagnosis": cond.get("diagnosis"), "mean_visual": cond.get("mean_visual", cond.get("mean")),
         "copy_rate": memorization.get("copy_rate", (memorization.get("feature") or {}).get("copy_rate")),
         "worst_tone_fd": (metrics.get("per_skin_tone") or {}).get("worst_fid"),
-        "downstream_gain_pp": None if gain is None else 100 * gain,
     }
     intervals = metrics.get("intervals") or {}
     out = {}
@@ -194,8 +191,10 @@ def build_report(root: str | Path) -> Path:
     """Write ``report.md``, ``report.csv`` and ``plots/`` under ``root``; return the report.md path."""
     root = Path(root)
     runs = collect_runs(root)
-    if not runs:
-        raise FileNotFoundError(f"no metrics.json under {root}")
+    plot_dir = root / "plots"
+    downstream = downstream_sections(root, plot_dir)
+    if not runs and not downstream:
+        raise FileNotFoundError(f"no metrics.json or downstream.json under {root}")
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         groups[run["key"]].append(run)
@@ -209,13 +208,14 @@ def build_report(root: str | Path) -> Path:
         "small n, it lies below the point value). — = the model cannot have this figure. The floor is real images against "
         "real images at the same n: no model is expected to beat it.",
     ]
-    plot_dir = root / "plots"
     plots: list[Path] = []
     for index, (key, group) in enumerate(ordered, start=1):
         lines += ["", *section_lines(index, key, group)]
         suffix = "" if len(ordered) == 1 else f"_table{index}"
         plots += make_plots(group_rows([r for r in group if r["ablation"] is None] or group), group, plot_dir, suffix)
-    lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
+    lines += downstream
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     report = root / "report.md"
     report.write_text("\n".join(lines) + "\n")
     write_csv(root / "report.csv", ordered)

@@ -41,12 +41,13 @@ def _commands(checkpoint: Path, out: Path) -> dict:
     from experiments.generate import generate
 
     ckpt, target = f"ckpt={checkpoint}", f"out={out}"
+    given = [target, "budget=smoke", "train_generators=false", "real_fractions=[1.0]", "arms=[syn]", f"generators.syn.checkpoints={{1.0: {checkpoint}}}"]
     return {
         "generate": lambda: generate(compose_config("generate", [ckpt, target, "num_images=1", "prompt=a benign lesion"])),
         "generate_balanced": lambda: generate(compose_config("generate", [ckpt, target, "num_images=1", "balanced=true"])),
         "export": lambda: export(compose_config("export", [ckpt, target])),
         "evaluate": lambda: evaluate(compose_config("evaluate", [ckpt, target]), [ckpt, target]),
-        "augment": lambda: augment(compose_config("augment", [f"gen_{ckpt}", target]), [f"gen_{ckpt}", target]),
+        "augment": lambda: augment(compose_config("augment", given), given),
     }
 
 
