@@ -38,6 +38,7 @@ from datamodules.sampling import ClassBalancedSampler
 from datamodules.transforms import Augment, to_tensor
 from evaluation.data import take
 from models.classifier import LABEL_HEAD, SkinClassifier
+from models.generative import SamplingSettings
 
 ARMS = ("real", "real_balanced", "real+syn", "real+syn_class", "syn")
 # The synthetic set each arm draws from (None: real images only): the generator under test or the class DDPM.
@@ -83,7 +84,8 @@ def balanced_conditions(datamodule: Any, num_images: int, seed: int) -> dict[str
 
 @torch.no_grad()
 def synthetic_images(
-    model: Any, datamodule: Any, num_images: int, seed: int, batch_size: int, *, sampling: Any = None, progress: bool = False,
+    model: Any, datamodule: Any, num_images: int, seed: int, batch_size: int, *, sampling: SamplingSettings | None = None,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``num_images`` class-balanced images of a conditional generator: (N, H, W, 3) uint8 and their (N,) labels.
 
@@ -95,12 +97,11 @@ def synthetic_images(
             "so their generator must take labels or captions (hybrid, ddpm_class)"
         )
     conditions = balanced_conditions(datamodule, num_images, seed)
-    kwargs = {} if sampling is None else {"sampling": sampling}
     chunks = []
     for chunk, start in enumerate(tqdm(range(0, num_images, batch_size), desc="synthetic", disable=not progress, leave=False)):
         rows = list(range(start, min(num_images, start + batch_size)))
         draw = torch.Generator().manual_seed(seed * 1_000_003 + chunk)
-        chunks.append(to_uint8(model.generate(take(conditions, rows), len(rows), generator=draw, **kwargs)))
+        chunks.append(to_uint8(model.generate(take(conditions, rows), len(rows), generator=draw, sampling=sampling)))
     return np.concatenate(chunks), np.asarray(conditions["label"], dtype=np.int64)
 
 

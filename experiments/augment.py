@@ -191,9 +191,10 @@ def synthetic_set(cfg: DictConfig, kind: str, fraction: float, datamodule: Any, 
             if str(saved["key"]) == key:
                 return LabelledImages(saved["images"], saved["labels"], datamodule.augmentation)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_generator(path, map_location=device)
+    model, sampling = load_generator(path, map_location=device), sampling_settings(cfg)
+    context["generators"][kind][f"{fraction:g}"].update(sampler=model.sampling_description(sampling), nfe=model.nfe(sampling))
     images, labels = synthetic_images(model, datamodule, int(cfg.num_synthetic), int(cfg.seed), int(cfg.generators.batch_size),
-                                      sampling=sampling_settings(cfg), progress=bool(cfg.progress))
+                                      sampling=sampling, progress=bool(cfg.progress))
     with atomic_write(store, "wb") as handle:
         np.savez(handle, images=images, labels=labels, key=np.array(key))
     context["generators"][kind][f"{fraction:g}"]["time_s"] = round(time.perf_counter() - start, 1)

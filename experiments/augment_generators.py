@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from evaluation.provenance import file_hash
 from experiments.compose import compose_config, parse_overrides
 from models.checkpoint import check_targets, read_checkpoint, stored_config
+from models.generative import SamplingSettings
 
 log = logging.getLogger(__name__)
 KINDS = ("syn", "syn_class")
@@ -105,11 +106,6 @@ def generator_checkpoint(cfg: DictConfig, kind: str, fraction: float, fingerprin
     return path
 
 
-def sampling_settings(cfg: DictConfig) -> Any:
-    """``generators.sampling`` as ``models.generative.SamplingSettings`` (None when every field is null)."""
-    values = OmegaConf.to_container(cfg.generators.sampling, resolve=True)
-    if all(v is None for v in values.values()):
-        return None
-    from models.generative import SamplingSettings
-
-    return SamplingSettings(**values)
+def sampling_settings(cfg: DictConfig) -> SamplingSettings:
+    """``generators.sampling`` as ``SamplingSettings`` (a null field keeps the model's configured value)."""
+    return SamplingSettings(**OmegaConf.to_container(cfg.generators.sampling, resolve=True))

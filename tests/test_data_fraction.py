@@ -13,7 +13,8 @@ from evaluation.data import split_hash
 
 
 def _module(cache: Path, **kwargs) -> SkinDataModule:
-    settings = dict(source="phantom", image_size=16, batch_size=8, num_train=120, num_val=16, num_test=16, progress=False, cache_dir=str(cache))
+    settings = dict(source="phantom", image_size=16, batch_size=8, num_workers=0, num_train=120, num_val=16, num_test=16,
+                    allow_upscale=False, progress=False, cache_dir=str(cache))
     module = SkinDataModule(**{**settings, **kwargs})
     module.setup()
     return module
@@ -42,4 +43,4 @@ def test_train_fraction_changes_the_training_split_and_fingerprint_only(tmp_path
         assert split_hash(getattr(quarter, split)) == split_hash(getattr(whole, split))
     assert _module(tmp_path, train_fraction=1.0).info.fingerprint == whole.info.fingerprint  # the default changes nothing
     with pytest.raises(ValueError, match="train_fraction"):
-        SkinDataModule(source="phantom", train_fraction=1.5)
+        _module(tmp_path, train_fraction=1.5)

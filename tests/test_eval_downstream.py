@@ -18,6 +18,7 @@ from evaluation.downstream import (
 )
 from evaluation.downstream_metrics import cell_figures, seed_and_test_interval, weighted_figures
 from evaluation.downstream_summary import summarize
+from models.generative import SamplingSettings
 from evaluation.features import DomainFeatures
 from evaluation.judge import load_or_train_judge
 from experiments.evaluate import evaluate_folders
@@ -146,8 +147,9 @@ def test_synthetic_sets_are_class_balanced_and_need_a_conditional_generator() ->
     assert torch.bincount(torch.as_tensor(conditions["label"]), minlength=3).tolist() == [10, 10, 10]
     images, labels = synthetic_images(BlobGenerator(blobs.info), blobs, 30, seed=0, batch_size=16)
     assert images.shape == (30, 16, 16, 3) and images.dtype == np.uint8 and np.bincount(labels).tolist() == [10, 10, 10]
-    again, _ = synthetic_images(BlobGenerator(blobs.info), blobs, 30, seed=0, batch_size=16)
-    assert np.array_equal(images, again)
+    model = BlobGenerator(blobs.info)
+    again, _ = synthetic_images(model, blobs, 30, seed=0, batch_size=16, sampling=SamplingSettings(steps=3))
+    assert np.array_equal(images, again) and model.received == [SamplingSettings(steps=3)] * 2  # settings passed in, per chunk
     with pytest.raises(ValueError, match="unconditional"):
         synthetic_images(NoiseGenerator(blobs.info), blobs, 8, seed=0, batch_size=8)
 
