@@ -14,7 +14,7 @@ from evaluation.data import split_hash
 
 def _module(cache: Path, **kwargs) -> SkinDataModule:
     settings = dict(source="phantom", image_size=16, batch_size=8, num_workers=0, num_train=120, num_val=16, num_test=16,
-                    allow_upscale=False, progress=False, cache_dir=str(cache))
+                    allow_upscale=False, holdout_combos=(), holdout_paraphrases=0, progress=False, cache_dir=str(cache))
     module = SkinDataModule(**{**settings, **kwargs})
     module.setup()
     return module
