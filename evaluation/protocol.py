@@ -194,7 +194,7 @@ def evaluate_generator(
         provenance=evaluation_provenance(
             data_fingerprint=datamodule.info.fingerprint, judge=resources.judge, extractors=resources.extractors,
             settings=eval_settings(model, eval_cfg, resources, sampling, settings, budget), setup=resources.timing,
-            checkpoint=checkpoint, overrides=overrides,
+            checkpoint=checkpoint, overrides=overrides, model=model.provenance(),
         ),
     )
     if eval_dir is not None:

@@ -57,9 +57,10 @@ def file_hash(path: str | Path) -> str:
 
 def evaluation_provenance(
     *, data_fingerprint: str, judge: Any, extractors: list[Any], settings: dict[str, Any], setup: dict[str, Any],
-    checkpoint: str | Path | None = None, overrides: list[str] | None = None,
+    checkpoint: str | Path | None = None, overrides: list[str] | None = None, model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``provenance`` block of metrics.json (DESIGN section 3)."""
+    """The ``provenance`` block of metrics.json (DESIGN section 3); ``model`` is the generator's own
+    (``GenerativeModule.provenance``: the route, a first stage's fit and reconstruction figures)."""
     return {
         **code_provenance(),
         "data_fingerprint": data_fingerprint,
@@ -70,4 +71,5 @@ def evaluation_provenance(
         "eval": settings,
         "overrides": list(overrides or []),
         "setup": setup,
+        "model": dict(model or {}),
     }

@@ -36,6 +36,7 @@ def check_run_config(cfg: DictConfig) -> None:
         if value not in allowed:
             problems.append(f"{key}={value}: must be one of {', '.join(allowed)}")
     problems += _run_length_problems(cfg)
+    problems += _route_problems(cfg)
     if problems:
         raise ValueError("invalid run config:\n  " + "\n  ".join(problems))
 
@@ -52,6 +53,21 @@ def _run_length_problems(cfg: DictConfig) -> list[str]:
     epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
     if steps == -1 and (epochs is None or epochs < 1) and OmegaConf.select(cfg, "trainer.max_time", default=None) is None:
         return ["trainer.max_steps=-1 with no trainer.max_epochs or trainer.max_time would train forever"]
+    return []
+
+
+def _route_problems(cfg: DictConfig) -> list[str]:
+    """route=latent puts a first stage under ``model``: only the diffusion models have one."""
+    if OmegaConf.select(cfg, "model.first_stage", default=None) is None:
+        return []
+    from hydra.utils import get_class
+
+    from models.diffusion_module import DiffusionModule
+
+    target = str(OmegaConf.select(cfg, "model._target_", default=""))
+    if not issubclass(get_class(target), DiffusionModule):
+        return [f"route=latent: {target} ({cfg.get('exp_name')}) is not a diffusion model; the latent route serves "
+                "exp=hybrid, ddpm and ddpm_class (and their ablations)"]
     return []
 
 

@@ -4,7 +4,9 @@
 
 ``DIR/unet/`` and ``DIR/scheduler/`` load with plain diffusers
 (``UNet2DConditionModel.from_pretrained(DIR, subfolder="unet")``,
-``DDIMScheduler.from_pretrained(DIR, subfolder="scheduler")``); the hybrid adds
+``DDIMScheduler.from_pretrained(DIR, subfolder="scheduler")``); a latent-route model adds its
+first stage as ``DIR/vae/`` (``AutoencoderKL.from_pretrained(DIR, subfolder="vae")``, with the
+measured ``scaling_factor`` and ``shift_factor`` in its config); the hybrid adds
 ``DIR/text_encoder/``, ``DIR/tokenizer/`` (Hugging Face layout) and ``DIR/fusion/`` (PCA and
 retrieval-prior buffers as safetensors, plus a JSON of how to rebuild the CNN). ``DIR/README.md``
 is a short model card, ``DIR/NOTICE`` the training data's licence and the intended use;
@@ -13,6 +15,7 @@ is a short model card, ``DIR/NOTICE`` the training data's licence and the intend
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,9 @@ def export_model(model: GenerativeModule, out: str | Path) -> Path:
     model.unet.save_pretrained(str(out / "unet"), safe_serialization=True)
     sampling = model.sampling_description()
     model.noise.scheduler(sampling["sampler"]).save_pretrained(str(out / "scheduler"))
+    first_stage = getattr(model, "first_stage", None)
+    if first_stage is not None:
+        save_first_stage(first_stage, out / "vae")
     text_encoder = getattr(model, "text_encoder", None)
     if text_encoder is not None:
         text_encoder.save_pretrained(out / "text_encoder", out / "tokenizer")
@@ -59,12 +65,20 @@ def export_model(model: GenerativeModule, out: str | Path) -> Path:
         "guidance_scale": sampling["guidance_scale"],
         "sampler": {"name": sampling["sampler"], "steps": sampling["steps"]},
         "patch_size": getattr(model, "patch_size", 1),
+        "first_stage": None if first_stage is None else first_stage.record(),
         "run_config": model.run_config,
     }, indent=1, default=str))
     (out / "README.md").write_text(model_card(model, sampling))
     apply_umask_mode(out.rglob("*.safetensors"))  # shared as any other file, not 0600
     write_notice(out, model.data_info.source, "A generator")
     return out
+
+
+def save_first_stage(first_stage: Any, folder: Path) -> None:
+    """The ``AutoencoderKL`` in the diffusers layout; its config carries the latent statistics the UNet was trained on."""
+    vae = copy.deepcopy(first_stage.vae)  # the model's own config stays as it was
+    vae.register_to_config(scaling_factor=float(first_stage.latent_scale), shift_factor=float(first_stage.latent_shift))
+    vae.save_pretrained(str(folder), safe_serialization=True)
 
 
 def model_card(model: GenerativeModule, sampling: dict[str, Any]) -> str:
@@ -84,6 +98,14 @@ def model_card(model: GenerativeModule, sampling: dict[str, Any]) -> str:
         f"- sampler: `{sampling['sampler']}`, {sampling['steps']} steps, guidance scale {sampling['guidance_scale'] or 'n/a'}",
         f"- diagnoses: {', '.join(info.class_names)}; attributes: {', '.join(info.attribute_names) or 'none'}",
     ]
+    first_stage = getattr(model, "first_stage", None)
+    if first_stage is not None:
+        record = first_stage.record()
+        lines.append(
+            f"- latent diffusion: the UNet denoises {record['latent_shape']} latents of the autoencoder in `vae/` (fitted on the "
+            f"training split; validation PSNR {record['val_psnr']} dB, SSIM {record['val_ssim']}); decode with "
+            "`vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample`"
+        )
     if patch > 1:
         lines.append(
             f"- patches: the UNet works on {patch}x{patch} patches folded into channels; give it "
@@ -95,12 +117,14 @@ def model_card(model: GenerativeModule, sampling: dict[str, Any]) -> str:
             "- global conditioning (`class_labels` of the UNet): fused PCA codes of the pooled text embedding and a CNN "
             "image code (`fusion/`); rebuilding it needs DermSynth's `models.fusion`",
         ]
+    imports = ["DDIMScheduler", unet_cls, *(["AutoencoderKL"] if first_stage is not None else [])]
     lines += [
         "",
         "```python",
-        "from diffusers import DDIMScheduler, " + unet_cls,
+        "from diffusers import " + ", ".join(sorted(imports)),
         f'unet = {unet_cls}.from_pretrained(DIR, subfolder="unet")',
         'scheduler = DDIMScheduler.from_pretrained(DIR, subfolder="scheduler")',
+        *(['vae = AutoencoderKL.from_pretrained(DIR, subfolder="vae")'] if first_stage is not None else []),
         "```",
         "",
     ]

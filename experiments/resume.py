@@ -25,7 +25,7 @@ BOOKKEEPING = (
     "callbacks.checkpoint.every_n_train_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps", "trainer.val_check_interval", "trainer.limit_val_batches",
     "trainer.check_val_every_n_epoch", "data.num_workers", "data.persistent_workers", "data.pin_memory",
-    "data.cache_dir", "model.text_encoder.cache_dir",
+    "data.cache_dir", "model.text_encoder.cache_dir", "model.first_stage.cache_dir",
 )
 MAY_CHANGE = RUN_LENGTH + BOOKKEEPING
 

@@ -11,7 +11,7 @@ API (``process = NoiseProcess(beta_schedule="squaredcos_cap_v2", prediction_type
   ``pred_x0`` (the model's clean-image estimate, with gradient, for auxiliary losses) and
   ``weight`` (B,) the per-sample loss weights.
 - ``process.sample(denoise_fn, shape, sampler=..., steps=..., generator=None, device=None,
-  progress=False) -> x0`` in [-1, 1]: DDPM, DDIM or DPM-Solver++ via diffusers schedulers.
+  progress=False) -> x0`` (in [-1, 1] with ``clip_sample``): DDPM, DDIM or DPM-Solver++ via diffusers schedulers.
 - ``process.reconstruct(denoise_fn, x0, strength=..., sampler=..., steps=..., generator=None,
   progress=False) -> x0_hat``: the img2img protocol (noise ``x0`` to ``t = strength * T``, denoise).
 - ``classifier_free_guidance(denoise_fn, guidance_scale) -> denoise_fn``: wraps a denoiser whose
@@ -69,6 +69,14 @@ def classifier_free_guidance(denoise_fn: DenoiseFn, guidance_scale: float) -> De
     return guided
 
 
+def shifted_betas(alphas_cumprod: Tensor, snr_shift: float) -> list[float]:
+    """Betas whose a_bar has ``snr_shift`` times the SNR of ``alphas_cumprod``: logSNR moves by log(snr_shift)."""
+    log_snr = torch.logit(alphas_cumprod.double(), eps=1e-12)  # log(a_bar / (1 - a_bar))
+    shifted = torch.sigmoid(log_snr + torch.log(torch.tensor(float(snr_shift), dtype=torch.float64)))
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), shifted[:-1]])
+    return (1.0 - shifted / previous).clamp(0.0, 0.999).tolist()  # a_bar_t = prod(1 - beta), capped as diffusers' cosine
+
+
 class NoiseProcess(nn.Module):
     """Forward noising, training target and samplers of a DDPM (Ho et al. 2020).
 
@@ -86,11 +94,16 @@ class NoiseProcess(nn.Module):
             high-noise levels at their plain x0-loss weight (the "truncated SNR" of Salimans & Ho
             2022) while the low-noise levels, where fine detail is decided, gain up to gamma.
             0 is plain Min-SNR. Needs ``min_snr_gamma``.
-        clip_sample: clip the predicted clean image to [-1, 1] in DDPM/DDIM steps.
+        clip_sample: clip the predicted clean image to [-1, 1] in DDPM/DDIM steps and the drawn
+            samples at the end; false for latents, which are standardised, not bounded.
         timestep_spacing: ``trailing`` starts sampling at t = T-1, where the cosine schedule is
             pure noise (Lin et al. 2023, arXiv:2305.08891); ``leading`` / ``linspace`` as diffusers.
         lambda_min_clipped: lower bound of log-SNR for DPM-Solver++. Without it the cosine
             schedule's last steps diverge (sample std in the thousands); -5.1 per diffusers docs.
+        snr_shift: multiplies the schedule's SNR at every t ("simple diffusion", Hoogeboom et al.
+            2023, sec. 3.1: a schedule tuned at resolution r0 keeps its effect at r with
+            (r0 / r)^2, since averaging s x s pixels raises their SNR s^2-fold). 1 = unchanged;
+            otherwise the shifted betas go to every sampler as ``trained_betas``.
     """
 
     def __init__(
@@ -106,6 +119,7 @@ class NoiseProcess(nn.Module):
         clip_sample: bool = True,
         timestep_spacing: str = "trailing",
         lambda_min_clipped: float = -5.1,
+        snr_shift: float = 1.0,
     ) -> None:
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -135,6 +149,11 @@ class NoiseProcess(nn.Module):
         self.min_snr_gamma = min_snr_gamma
         self.snr_floor = float(snr_floor)
         self.num_train_timesteps = num_train_timesteps
+        if snr_shift <= 0:
+            raise ValueError(f"snr_shift must be positive, got {snr_shift}")
+        if snr_shift != 1.0:
+            self.config["trained_betas"] = shifted_betas(self.scheduler("ddpm").alphas_cumprod, snr_shift)
+        self.snr_shift = float(snr_shift)
         train_scheduler = self.scheduler("ddpm")  # also validates the schedule name
         # Derived from the config, so not saved: checkpoints stay valid if diffusers changes dtype.
         self.register_buffer("alphas_cumprod", train_scheduler.alphas_cumprod.float().clone(), persistent=False)
@@ -204,7 +223,7 @@ class NoiseProcess(nn.Module):
     def training_loss(
         self, denoise_fn: DenoiseFn, x0: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Denoising loss on a batch of clean images ``x0`` (B, C, H, W) in [-1, 1].
+        """Denoising loss on a batch of clean samples ``x0`` (B, C, H, W): images in [-1, 1] or standardised latents.
 
         1. draw t ~ U{0..T-1} and eps ~ N(0, I);  2. x_t = sqrt(a_bar) x0 + sqrt(1 - a_bar) eps;
         3. regress the target with ``denoise_fn(x_t, t)``;  4. weight per sample and average.
@@ -249,7 +268,11 @@ class NoiseProcess(nn.Module):
             self.last_nfe += 1
             # 2. one reverse step x_t -> x_{t-1} by the scheduler's update rule
             sample = scheduler.step(model_output, timestep, sample, generator=generator).prev_sample
-        return sample.clamp(-1.0, 1.0)
+        return self._bounded(sample)
+
+    def _bounded(self, sample: Tensor) -> Tensor:
+        """Images are bounded to [-1, 1]; latents (``clip_sample`` false on the latent route) are not."""
+        return sample.clamp(-1.0, 1.0) if self.config["clip_sample"] else sample
 
     @torch.no_grad()
     def sample(
@@ -263,7 +286,7 @@ class NoiseProcess(nn.Module):
         device: torch.device | str | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """Draw images of ``shape`` (N, C, H, W) from pure noise; returns values in [-1, 1].
+        """Draw samples of ``shape`` (N, C, H, W) from pure noise; in [-1, 1] with ``clip_sample``.
 
         ``generator`` is a CPU generator: the same seed gives the same images on any device.
         """
@@ -296,7 +319,7 @@ class NoiseProcess(nn.Module):
         num_run = min(int(round(strength * steps)), steps)
         if num_run == 0:
             self.last_nfe = 0
-            return x0.clamp(-1.0, 1.0)
+            return self._bounded(x0)
         start = (steps - num_run) * scheduler.order
         timesteps = scheduler.timesteps[start:]
         if hasattr(scheduler, "set_begin_index"):
@@ -309,5 +332,5 @@ class NoiseProcess(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"T={self.num_train_timesteps}, schedule={self.config['beta_schedule']}, "
-            f"prediction={self.prediction_type}, min_snr_gamma={self.min_snr_gamma}, snr_floor={self.snr_floor}"
+            f"prediction={self.prediction_type}, min_snr_gamma={self.min_snr_gamma}, snr_floor={self.snr_floor}, snr_shift={self.snr_shift}"
         )

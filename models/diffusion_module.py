@@ -6,6 +6,11 @@ which binds a conditioner's output to the UNet (one closure), drops conditioning
 classifier-free guidance, and trains, samples and reconstructs. The models differ only in their
 conditioner (``models.conditioners``) and guidance settings, so the comparison table compares
 conditioning and nothing else. A subclass adds training losses through ``auxiliary_loss``.
+
+Two routes to an image (``route=pixel|latent``): the UNet denoises pixels (on patches), or the
+latents of a frozen first stage (``models.first_stage.FirstStage``), which is fitted on the
+training split before the training clock starts; ``encode``/``decode`` are the identity on pixels.
+Generation and reconstruction return images in [-1, 1] on either route.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from datamodules.info import DataInfo
 from models.conditioners import Conditioner, Conditioning
 from models.containers import plain_dict
 from models.diffusion import DenoiseFn, NoiseProcess, classifier_free_guidance, sampler_name
+from models.first_stage import FirstStage
 from models.generative import Conditions, GenerativeModule, ReconstructionSettings, SamplingSettings
 from models.schedules import with_warmup_cosine
 from models.unets import patchify, unpatchify
@@ -44,7 +50,7 @@ def partial_setting(factory: Callable[..., Any], name: str) -> Any:
 
 
 class DiffusionModule(GenerativeModule):
-    """Pixel-space diffusion conditioned through a pluggable conditioner.
+    """Diffusion on pixels or first-stage latents, conditioned through a pluggable conditioner.
 
     Args (the keys of ``experiments/configs/model/_diffusion.yaml`` and the model files on it):
         conditioner: builds the ``models.conditioners.Conditioner`` (a Hydra partial) given
@@ -56,6 +62,8 @@ class DiffusionModule(GenerativeModule):
             and the probability of dropping a training row's conditioning (enables guidance).
         optimizer: partial optimiser (``torch.optim.AdamW``) given the parameter groups.
         warmup_steps: linear warm-up steps, then cosine decay to 0 at ``trainer.max_steps``.
+        first_stage: None (pixels), or builds the ``FirstStage`` (a partial given ``image_size``)
+            whose latents the UNet denoises (``configs/route/latent.yaml``).
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class DiffusionModule(GenerativeModule):
         guidance: Mapping[str, Any],
         optimizer: Callable[..., torch.optim.Optimizer],
         warmup_steps: int,
+        first_stage: Callable[..., FirstStage] | None = None,
     ) -> None:
         super().__init__(data_info)
         self.save_hyperparameters(ignore=["data_info", "noise"])
@@ -80,8 +89,11 @@ class DiffusionModule(GenerativeModule):
         # diffusers UNets embed the timestep in 4 x the first level's channels; a label vector is added there.
         time_embed_dim = 4 * int(partial_setting(unet, "block_out_channels")[0])
         self.conditioner = conditioner(data_info=self.data_info, time_embed_dim=time_embed_dim)
-        self.unet = unet(image_size=self.image_size, **self.conditioner.unet_inputs())
-        self.patch_size = self.image_size // int(self.unet.config.sample_size)
+        self.first_stage = first_stage(image_size=self.image_size) if first_stage is not None else None
+        channels, side = (3, self.image_size) if self.first_stage is None else (self.first_stage.latent_channels, self.first_stage.latent_size)
+        self.sample_shape = (channels, side, side)  # what the noise process draws and denoises, per image
+        self.unet = unet(image_size=side, in_channels=channels, out_channels=channels, **self.conditioner.unet_inputs())
+        self.patch_size = side // int(self.unet.config.sample_size)
         self.noise = noise
 
     @property
@@ -111,6 +123,35 @@ class DiffusionModule(GenerativeModule):
         settings = self.effective_sampling(sampling)
         guidance = settings.guidance_scale if self.conditioning != "none" else None  # nothing to guide
         return {"sampler": settings.sampler, "steps": settings.steps, "guidance_scale": guidance}
+
+    # ---------------------------------------------------------------------------------------
+    # pixels <-> the space the UNet denoises
+    def encode(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) -> the diffusion's samples: themselves, or their first-stage latents (no gradient)."""
+        if self.first_stage is None:
+            return images
+        with torch.no_grad():
+            return self.first_stage.encode(images)
+
+    def decode(self, samples: Tensor) -> Tensor:
+        """The diffusion's samples -> images (differentiable, for losses on the clean-image estimate)."""
+        return samples if self.first_stage is None else self.first_stage.decode(samples)
+
+    def provenance(self) -> dict[str, Any]:
+        return {"route": "pixel" if self.first_stage is None else "latent", "patch_size": self.patch_size,
+                "first_stage": None if self.first_stage is None else self.first_stage.record()}
+
+    def on_fit_start(self) -> None:
+        """Fit (or load from the cache) the first stage on the training split; Lightning's clock starts after this hook."""
+        if self.first_stage is None or bool(self.first_stage.fitted):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if getattr(datamodule, "train_set", None) is None or getattr(datamodule, "val_set", None) is None:
+            raise RuntimeError("the latent route fits its first stage on the datamodule's train_set and measures it on val_set")
+        if self.trainer.is_global_zero:
+            progress = self.trainer.progress_bar_callback is not None
+            self.first_stage.prepare(datamodule.train_set, datamodule.val_set, self.data_info.fingerprint, progress=progress)
+        self.first_stage.broadcast(lambda tensor: self.trainer.strategy.broadcast(tensor, src=0))  # one fit for all ranks
 
     # ---------------------------------------------------------------------------------------
     # the denoiser
@@ -148,8 +189,8 @@ class DiffusionModule(GenerativeModule):
         return None
 
     def _step(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        images = batch["image"]
-        count = images.shape[0]
+        clean = self.encode(batch["image"])  # (B, C, h, w): pixels, or latents on the latent route
+        count = clean.shape[0]
         conditioning = self.conditioner(batch, count, training=self.training)
         dropped = torch.zeros(count, dtype=torch.bool, device=self.device)
         out: dict[str, Tensor] = {}
@@ -157,7 +198,7 @@ class DiffusionModule(GenerativeModule):
             dropped = torch.rand(count, device=self.device) < self.drop_prob
             conditioning = conditioning.where(dropped, self.conditioner.null(count))
             out["dropped"] = dropped.float().mean()
-        loss, aux = self.noise.training_loss(self.denoiser(conditioning), images, generator=generator)
+        loss, aux = self.noise.training_loss(self.denoiser(conditioning), clean, generator=generator)
         out["loss"] = loss
         extra = self.auxiliary_loss(batch, aux, ~dropped) if self.training else None
         if extra is not None:
@@ -192,10 +233,11 @@ class DiffusionModule(GenerativeModule):
                  progress: bool = False, sampling: SamplingSettings | None = None) -> Tensor:
         settings = self.effective_sampling(sampling)
         denoise = self.guided_denoiser(conditions, num_images, self._guidance_scale(settings))
-        shape = (num_images, 3, self.image_size, self.image_size)
-        return self.noise.sample(
-            denoise, shape, sampler=settings.sampler, steps=settings.steps, generator=generator, device=self.device, progress=progress
+        samples = self.noise.sample(
+            denoise, (num_images, *self.sample_shape), sampler=settings.sampler, steps=settings.steps, generator=generator,
+            device=self.device, progress=progress,
         )
+        return self.decode(samples).clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def reconstruct(self, batch: dict[str, Any], settings: ReconstructionSettings, *, generator: torch.Generator | None = None,
@@ -204,14 +246,16 @@ class DiffusionModule(GenerativeModule):
         images = batch["image"].to(self.device)
         conditions = {k: v for k, v in batch.items() if k not in ("image", "reference")}
         denoise = self.guided_denoiser(conditions, images.shape[0], self._guidance_scale(drawing))
-        return self.noise.reconstruct(
-            denoise, images, strength=settings.strength, sampler=drawing.sampler, steps=drawing.steps, generator=generator
+        samples = self.noise.reconstruct(
+            denoise, self.encode(images), strength=settings.strength, sampler=drawing.sampler, steps=drawing.steps, generator=generator
         )
+        return self.decode(samples).clamp(-1.0, 1.0)
 
     def reconstruction_protocol(self, settings: ReconstructionSettings, sampling: SamplingSettings | None = None) -> str:
         drawing = self.effective_sampling(sampling)
         guidance = f", guidance {self._guidance_scale(drawing)}" if self.conditioning != "none" else ""
+        subject, decoded = ("each image", "") if self.first_stage is None else ("each image's first-stage latent", ", then decode")
         return (
-            f"img2img: noise each image to t = {settings.strength}*T (eval.recon_strength), denoise with "
-            f"{self.conditioner.reconstruction_input}; {drawing.sampler}, {drawing.steps} steps{guidance}"
+            f"img2img: noise {subject} to t = {settings.strength}*T (eval.recon_strength), denoise with "
+            f"{self.conditioner.reconstruction_input}; {drawing.sampler}, {drawing.steps} steps{guidance}{decoded}"
         )

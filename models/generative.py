@@ -67,6 +67,10 @@ class GenerativeModule(L.LightningModule):
         """Network evaluations per generated image (None where it does not apply)."""
         return 1
 
+    def provenance(self) -> dict[str, Any]:
+        """What the figures depend on beyond the config, for metrics.json (a fitted first stage's record); {} if nothing."""
+        return {}
+
     def sampling_description(self, sampling: SamplingSettings | None = None) -> dict[str, Any]:
         """The effective ``{"sampler", "steps", "guidance_scale"}`` for provenance; empty without a sampler."""
         return {}

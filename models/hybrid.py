@@ -112,7 +112,7 @@ class HybridDiffusion(DiffusionModule):
         targets = {k: v.to(self.device) for k, v in batch_targets(batch, self.heads).items()}
         head_logits = self.align_head(batch["image"])
         frozen = {k: v.detach() for k, v in self.align_head.named_parameters()}
-        pred_logits = functional_call(self.align_head, frozen, (aux["pred_x0"].clamp(-1, 1),))
+        pred_logits = functional_call(self.align_head, frozen, (self.decode(aux["pred_x0"]).clamp(-1, 1),))  # latents decoded
         weight = self.noise.alphas_cumprod[aux["timesteps"]] * conditioned.float()  # (B,)
         head_loss, align_loss, correct = 0.0, 0.0, []
         for name, target in targets.items():
@@ -131,7 +131,8 @@ class HybridDiffusion(DiffusionModule):
     # ---------------------------------------------------------------------------------------
     # fitting the fusion, the text encoder's learning rate
     def on_fit_start(self) -> None:
-        """Fit the fusion PCAs and retrieval table on the training split (skipped when resumed)."""
+        """Fit the first stage (latent route), then the fusion PCAs and retrieval table on the training split (skipped when resumed)."""
+        super().on_fit_start()
         datamodule = getattr(self.trainer, "datamodule", None)
         train_set = getattr(datamodule, "train_set", None)
         needs = self.conditioner.needs

@@ -166,7 +166,7 @@ def test_patched_unet_runs_on_folded_patches() -> None:
 
 
 def test_default_cpu_unet_is_about_two_million_parameters() -> None:
-    unet = build_unet(image_size=32, cross_attention_dim=128, encoder_hid_dim=384, global_dim=64)  # the hybrid's
+    unet = build_unet(image_size=32, patch_size=2, cross_attention_dim=128, encoder_hid_dim=384, global_dim=64)  # the hybrid's
     assert 1.0e6 < count_parameters(unet) < 3.0e6
 
 

@@ -75,10 +75,14 @@ def write_jpegs(images: np.ndarray, folder: Path, count: int) -> list[Path]:
 
 
 def step_images_per_s(batch_size: int = 32, image_size: int = 32, steps: int = 3) -> float:
-    """Images/s of a quick-budget diffusion training step (default UNet, CPU, float32)."""
-    from models.unets import build_unet, patchify
+    """Images/s of a quick-budget diffusion training step (the shipped UNet of model/_diffusion.yaml, CPU, float32)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    unet = build_unet(image_size=image_size)
+    from experiments import CONFIG_DIR
+    from models.unets import patchify
+
+    unet = instantiate(OmegaConf.load(CONFIG_DIR / "model" / "_diffusion.yaml").unet)(image_size=image_size)
     patch = image_size // unet.config.sample_size
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     images = patchify(torch.randn(batch_size, 3, image_size, image_size), patch)  # the UNet works on patches
