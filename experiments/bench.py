@@ -88,6 +88,8 @@ REQUIRED_KEYS = (
     "train.hybrid_over_ddpm",
     "train.cache_speedup",
     "train.images_per_s",
+    "train.fraction_of_matmul_peak",
+    "train.step_s_64px",
     "sample.nfe",
     "sample.s_per_image",
     "sample.dpm20_fd_over_ddpm1000",

@@ -16,6 +16,7 @@ import torch
 
 from experiments import bench
 from experiments.bench_suites.common import build_datamodule, compose_run_config
+from experiments.bench_suites.flops import matmul_rates, step_flops
 from experiments.bench_suites.memory import run_child
 from models.checkpoint import build_generator
 from models.performance import apply_performance, compile_targets
@@ -52,9 +53,27 @@ def test_compile_targets_the_networks_in_place() -> None:
     assert list(model.state_dict()) == keys  # no "_orig_mod." prefix, checkpoints and EMA stay valid
 
 
+def test_flop_counter_counts_a_linear_layer_by_hand() -> None:
+    x, layer = torch.randn(8, 16, requires_grad=True), torch.nn.Linear(16, 32, bias=False)
+    # forward 2*B*n*m; backward the same twice (gradients of the input and of the weight)
+    assert step_flops(lambda: layer(x).sum()) == 3 * 2 * 8 * 16 * 32
+    rates = matmul_rates(64, 2, torch.device("cpu"))
+    assert "torch.mm" in rates and all(positive(rate) for rate in rates.values())
+
+
 def test_train_suite(tmp_path: Path) -> None:
-    options = {**TINY, "batch_size": "4", "steps": "2", "warmup": "1", "knob_steps": "1", "fit_images": "8", "out": str(tmp_path / "b.json")}
+    options = {**TINY, "batch_size": "4", "steps": "2", "warmup": "1", "knob_steps": "1", "fit_images": "8", "out": str(tmp_path / "b.json"),
+               "matmul_size": "256", "routes_steps": "1", "routes_num_train": "8"}
     results = bench.run(["train"], options)
+    flops = results["train.flops"]
+    assert 0 < results["train.fraction_of_matmul_peak"] == flops["fraction"] < 1
+    assert flops["matmul_peak_gflops"] == max(flops["matmul_gflops"].values()) and positive(flops["gflop_per_step"])
+    routes = results["train.routes"]
+    assert set(routes) == {"pixel_32px", "pixel", "latent"} and routes["pixel_32px"]["over_pixel_32px"] == 1.0
+    assert (routes["pixel"]["image_size"], routes["pixel"]["patch_size"], routes["pixel"]["unet_input"]) == (64, 4, [48, 16, 16])
+    assert (routes["latent"]["image_size"], routes["latent"]["patch_size"], routes["latent"]["unet_input"]) == (64, 1, [4, 16, 16])
+    assert all(positive(r["step_s"]) and positive(r["gflop_per_step"]) and 0 < r["fraction_of_matmul_peak"] < 1 for r in routes.values())
+    assert results["train.step_s_64px"] == {"pixel": routes["pixel"]["step_s"], "latent": routes["latent"]["step_s"]}
     for key in ("train.lightning_over_bare", "train.hybrid_over_ddpm", "train.cache_speedup", "train.images_per_s"):
         assert positive(results[key]), key
     assert results["train.cache_speedup"] > 1  # running MiniLM every step costs more than a lookup

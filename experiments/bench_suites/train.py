@@ -27,6 +27,13 @@ Keys:
   ``train.encoder_captions_per_step`` shows the cache was on (0) and off (2 x batch: the batch's
   captions plus the empty captions of the unconditional rows).
 - ``train.images_per_s``: batch size / ddpm step under Lightning.
+- ``train.fraction_of_matmul_peak``: the bare-loop ddpm step's FLOP rate (FLOPs of one step counted
+  by torch's ``FlopCounterMode`` / its median time) over this CPU's single-precision matmul peak
+  (a ``matmul_size``-square fp32 product timed here, same threads, by torch's BLAS and by oneDNN: the
+  faster; ``experiments/bench_suites/flops.py``). ``train.flops`` holds both sides and each kernel's rate.
+- ``train.routes`` (with ``routes=true``): the 64 px routes' step time, ``pixel`` (4x4 patches) and
+  ``latent``, beside ``pixel_32px`` (2x2 patches), with their GFLOP and fraction of the peak
+  (``experiments/bench_suites/routes.py``); ``train.step_s_64px`` repeats the two 64 px step times.
 - ``train.knobs``: bare-loop step with each speed knob / the plain fp32 bare step, measured side
   by side after the rounds (below 1 is faster): ``channels_last`` (via
   ``models.performance.apply_performance``), ``bf16_autocast``, ``bf16_channels_last``,
@@ -53,6 +60,8 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.bench_suites.common import (
     build_datamodule, compose_run_config, device, flag, hydra_overrides, log, median, ratio, size_overrides, synchronize,
 )
+from experiments.bench_suites.flops import matmul_rates, step_flops
+from experiments.bench_suites.routes import route_figures
 from models.checkpoint import build_generator
 from models.performance import apply_performance
 from models.unets import patchify, unpatchify
@@ -272,7 +281,14 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
             patch_size=bare_model.patch_size,
         )
     batch_size = int(batches[0]["image"].shape[0])
+    flops = matmul_figures(bare_model, batches[0], step_s["bare"], options, where)
+    routes = route_figures(options, [*common_without_sizes(common), f"data.batch_size={batch_size}"], clip, where,
+                           flops["matmul_peak_gflops"] * 1e9) if flag(options["routes"]) else None
     return {
+        "train.fraction_of_matmul_peak": flops["fraction"],
+        "train.flops": flops,
+        "train.routes": routes,
+        "train.step_s_64px": None if routes is None else {name: routes[name]["step_s"] for name in ("pixel", "latent")},
         "train.lightning_over_bare": ratio(step_s["ddpm"], step_s["bare"]),
         "train.hybrid_over_ddpm": ratio(step_s["hybrid"], step_s["ddpm"]),
         "train.cache_speedup": ratio(step_s["hybrid_uncached"], step_s["hybrid"]),
@@ -282,6 +298,28 @@ def suite(options: dict[str, str]) -> dict[str, Any]:
         "train.knobs": knobs or None,
         "train.settings": settings_record(options, where, batches[0], ddpm, hybrid, times, ddpm_cfg, notes),
     }
+
+
+def matmul_figures(model: Any, batch: dict[str, Any], step_s: float, options: dict[str, str], where: torch.device) -> dict[str, Any]:
+    """The bare ddpm step's GFLOP, its rate, the fp32 matmul peak and their ratio (``train.flops``)."""
+    images = batch["image"].to(where)
+    patch = model.patch_size
+    flops = step_flops(lambda: model.noise.training_loss(
+        lambda sample, timestep: unpatchify(model.unet(patchify(sample, patch), timestep).sample, patch), images)[0])
+    rates = matmul_rates(int(options["matmul_size"]), int(options["matmul_repeats"]), where)
+    peak = max(rates.values())
+    return {
+        "fraction": ratio(flops / step_s, peak, digits=4), "gflop_per_step": round(flops / 1e9, 3),
+        "step_gflops": round(flops / step_s / 1e9, 2), "matmul_peak_gflops": round(peak / 1e9, 2),
+        "matmul_gflops": {kernel: round(rate / 1e9, 2) for kernel, rate in rates.items()},
+        "matmul_size": int(options["matmul_size"]), "threads": torch.get_num_threads(),
+        "counted": "torch.utils.flop_counter.FlopCounterMode: matmuls, convolutions, attention; forward + backward",
+    }
+
+
+def common_without_sizes(common: list[str]) -> list[str]:
+    """The suite's overrides less the image size and training-set size, which the route configs set."""
+    return [o for o in common if not o.startswith(("data.image_size=", "data.num_train=", "data.batch_size="))]
 
 
 def settings_record(
