@@ -6,7 +6,7 @@ normalisations' element-wise work is not counted, so the rate is that of the wor
 can do). ``matmul_rates`` times a large single-precision matrix product in this process, with this
 process's threads, by each product kernel torch carries (its BLAS and oneDNN): the faster is what
 the CPU delivers on the best-case kernel. Their ratio says how far a step is from the machine's
-limit; the gap is memory traffic and the element-wise layers between the products.
+limit; the element-wise work left uncounted (normalisation, activations, the optimiser) is part of the gap.
 """
 
 from __future__ import annotations
