@@ -93,6 +93,19 @@ def test_routes_train_sample_and_reconstruct_at_64_px(exp: str, route: str) -> N
     assert ("first-stage latent" in model.reconstruction_protocol(ReconstructionSettings(0.5, 1))) == (route == "latent")
 
 
+def test_alignment_loss_reads_the_decoded_estimate_on_the_latent_route() -> None:
+    cfg = compose_config(*tiny_overrides("hybrid", "latent"), "data.num_workers=0", "model.align.weight=0.1",
+                         "model.align.head.channels=[8,16]")
+    datamodule = build_datamodule(cfg.data)
+    model = build_generator(cfg.model, datamodule.info).train()
+    model.conditioner.fit([next(iter(datamodule.train_dataloader()))])
+    out = model._step(next(iter(datamodule.train_dataloader())))
+    assert torch.isfinite(out["loss"]) and {"align_loss", "head_loss"} <= set(out)
+    out["align_loss"].backward()  # through the frozen decoder into the UNet
+    assert model.unet.conv_out.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.first_stage.parameters())
+
+
 @pytest.fixture(scope="module")
 def latent_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     output_dir = tmp_path_factory.mktemp("latent_run") / "hybrid"
