@@ -104,9 +104,8 @@ def build_unet(
     with it a ``UNet2DConditionModel`` with cross-attention there and in the middle block.
 
     Args:
-        image_size: side of the UNet's input before patching (pixels, or latents on the latent route).
-        patch_size: the model takes ``patchify(images, p)``; one p, or a table of p per image size
-            (see the module docstring).
+        image_size, patch_size: side of the input (pixels, or latents); the UNet takes ``patchify(x, p)``
+            with p = ``patch_size``, one number or a table of p per ``image_size`` (module docstring).
         time_scale_shift: the timestep (+ conditioning) embedding scales and shifts each ResNet
             block's normalised features (AdaGN, Dhariwal & Nichol 2021) instead of only adding a bias.
         class_embed_type: ``"identity"`` adds a ready (B, 4 * block_out_channels[0]) vector
