@@ -65,16 +65,21 @@ def judge_key(info: DataInfo, train_set: Any, judge_cfg: Any) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def load_or_train_judge(datamodule: Any, judge_cfg: Any, cache_dir: str | Path, progress: bool = False) -> Judge:
-    """The judge for ``datamodule``'s data: from ``cache_dir/judges/<key>`` or trained and stored there."""
+def load_or_train_judge(
+    datamodule: Any, judge_cfg: Any, cache_dir: str | Path, progress: bool = False, device: str | torch.device = "cpu"
+) -> Judge:
+    """The judge for ``datamodule``'s data: from ``cache_dir/judges/<key>`` or trained and stored there.
+
+    ``device``: where it trains (a CUDA device trains on the GPU) and reads images.
+    """
     key = judge_key(datamodule.info, datamodule.train_set, judge_cfg)
     folder = Path(cache_dir) / "judges" / key
     if (folder / "judge.json").is_file():
         meta = json.loads((folder / "judge.json").read_text())
         model = _build(meta["heads"], judge_cfg)
         model.load_state_dict(load_file(folder / "model.safetensors"))
-        return Judge(model.eval(), key, meta["sanity"])
-    model = train_judge(datamodule, judge_cfg, progress)
+        return Judge(model.eval().to(device), key, meta["sanity"])
+    model = train_judge(datamodule, judge_cfg, progress, device).to(device)
     validation = collect(datamodule.val_set, judge_cfg.get("num_sanity_images"), seed=judge_cfg["seed"])
     sanity = sanity_figures(model, validation, judge_cfg["seed"], judge_cfg["sanity_noise_std"])
     judge = Judge(model.eval(), key, sanity, trained_here=True)
@@ -87,8 +92,12 @@ def _build(heads: dict[str, int], judge_cfg: Any) -> SkinClassifier:
     return SkinClassifier(heads, arch=judge_cfg["arch"], pretrained=judge_cfg["pretrained"], input_size=judge_cfg["input_size"], augment=False)
 
 
-def train_judge(datamodule: Any, judge_cfg: Any, progress: bool = False) -> SkinClassifier:
-    """Train a judge recipe (``eval.judge``) on the training split (or its seeded subset)."""
+def train_judge(datamodule: Any, judge_cfg: Any, progress: bool = False, device: str | torch.device = "cpu") -> SkinClassifier:
+    """Train a judge recipe (``eval.judge``) on the training split (or its seeded subset), on the GPU when ``device`` is one.
+
+    Returned on the CPU. At the full budget (resnet18, 30 epochs of 10,000 images up to 256 px) a CPU
+    would take hours of the run's set-up.
+    """
     train_set = datamodule.train_set
     limit = judge_cfg.get("max_train_images")
     if limit is not None and limit < len(train_set):
@@ -98,6 +107,7 @@ def train_judge(datamodule: Any, judge_cfg: Any, progress: bool = False) -> Skin
         head_sizes(datamodule.info), train_set, judge_cfg["epochs"], judge_cfg["batch_size"], judge_cfg["seed"],
         arch=judge_cfg["arch"], lr=judge_cfg["lr"], augment=True, progress=progress,
         pretrained=judge_cfg["pretrained"], input_size=judge_cfg["input_size"],
+        accelerator="gpu" if torch.device(device).type == "cuda" else "cpu",
     )
 
 
@@ -105,7 +115,7 @@ def _store(folder: Path, model: SkinClassifier, meta: dict[str, Any]) -> None:
     # Written to a temporary folder and renamed, so a concurrent reader never sees half a judge.
     try:
         with atomic_path(folder, directory=True) as temp:
-            (temp / "model.safetensors").write_bytes(save({k: v.contiguous() for k, v in model.state_dict().items()}))
+            (temp / "model.safetensors").write_bytes(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
             (temp / "judge.json").write_text(json.dumps(meta, indent=1, default=str))
     except OSError:  # another process stored the same judge first
         pass

@@ -110,7 +110,7 @@ def prepare_evaluation(datamodule: Any, eval_cfg: Any, device: str | torch.devic
     split_dataset(datamodule, split)  # fail on a bad split before any work
     start = time.perf_counter()
     with rank_zero_first():  # rank 0 trains and caches the judge; the others load it
-        judge = load_or_train_judge(datamodule, eval_cfg["judge"], cache_root(eval_cfg), progress=progress)
+        judge = load_or_train_judge(datamodule, eval_cfg["judge"], cache_root(eval_cfg), progress=progress, device=device)
     judge_s = time.perf_counter() - start
     domain = DomainFeatures(judge)
     primary = domain if eval_cfg["feature_extractor"] == "domain" else build_feature_extractor(eval_cfg["feature_extractor"], judge, device)
