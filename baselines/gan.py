@@ -15,7 +15,7 @@ shared callback off; ``generate`` and ``reconstruct`` always use ``generator_ema
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -131,12 +131,22 @@ class GAN(GenerativeModule):
 
     # ---------------------------------------------------------------------------------------
     # training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        opt_g, opt_d = self.optimizers()
+    def _generate_for_step(self, batch: dict[str, Any]) -> tuple[Tensor, Conditions | None, Tensor]:
+        """``(real, conditions, fake)``: the one generator forward of a training step, (B, 3, H, W) fakes."""
         real = batch["image"]
         conditions = batch if self.conditioning != "none" else None
         latent = torch.randn(real.shape[0], self.latent_dim, device=self.device)
-        fake = self(latent, conditions)  # (B, 3, H, W): the one generator forward of this step
+        return real, conditions, self(latent, conditions)
+
+    def training_losses(self, batch: dict[str, Any]) -> Iterator[Tensor]:
+        """The discriminator's loss, then the generator's, as ``training_step`` back-propagates them."""
+        real, conditions, fake = self._generate_for_step(batch)
+        yield self.discriminator_loss(self._discriminate(real, conditions), self._discriminate(fake.detach(), conditions))
+        yield self.generator_loss(self._discriminate(fake, conditions))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        opt_g, opt_d = self.optimizers()
+        real, conditions, fake = self._generate_for_step(batch)
 
         # 1. discriminator: real vs the detached fake, same augmentation family for both
         with self.toggled_optimizer(opt_d):

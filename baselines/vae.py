@@ -20,7 +20,7 @@ given conditions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -178,6 +178,9 @@ class VAE(GenerativeModule):
         out["elbo_loss"] = mse + self.kl_weight * kl / pixels
         out["loss"] = loss
         return out
+
+    def training_losses(self, batch: dict[str, Any]) -> Iterator[Tensor]:
+        yield self._step(batch)["loss"]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self._step(batch)

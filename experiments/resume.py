@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 RUN_LENGTH = ("trainer.max_steps", "trainer.max_time", "budget_steps", "budget_name")
 # Where things are written, how often, and how they are reported: none of it touches the weights.
 BOOKKEEPING = (
-    "resume", "paths", "logger", "tags", "eval", "callbacks.evaluate", "callbacks.samples",
+    "resume", "paths", "logger", "tags", "memory_estimate", "eval", "callbacks.evaluate", "callbacks.samples",
     "callbacks.checkpoint.every_n_train_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps", "trainer.val_check_interval", "trainer.limit_val_batches",
     "trainer.check_val_every_n_epoch", "data.num_workers", "data.persistent_workers", "data.pin_memory",

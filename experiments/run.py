@@ -31,6 +31,7 @@ from experiments.checkpoint_io import AtomicCheckpointIO
 from experiments.checks import check_run_config
 from experiments.command import command
 from experiments.loggers import build_loggers, flat_config
+from experiments.memory_estimate import log_memory_estimate
 from experiments.resume import resume_checkpoint
 from models.checkpoint import build_generator
 from models.performance import apply_performance
@@ -89,11 +90,11 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     return callbacks
 
 
-def provenance_yaml(datamodule: Any) -> str:
-    """config.yaml's ``provenance`` block: the code and packages the run started with, and its data."""
+def provenance_yaml(datamodule: Any, memory: dict[str, Any] | None = None) -> str:
+    """config.yaml's ``provenance`` block: the code and packages the run started with, its data and memory estimate."""
     from evaluation.provenance import code_provenance
 
-    block = {"provenance": {**code_provenance(), "data_fingerprint": datamodule.info.fingerprint}}
+    block = {"provenance": {**code_provenance(), "data_fingerprint": datamodule.info.fingerprint, "memory_estimate": memory}}
     return OmegaConf.to_yaml(OmegaConf.create(block))
 
 
@@ -126,11 +127,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(output_dir),
     )
+    memory = log_memory_estimate(cfg, model, datamodule, trainer)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         for stale in remove_stale_temp_files(output_dir) + remove_stale_temp_files(output_dir / "checkpoints"):
             log.info("Removed %s, left by an interrupted write", stale)
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True) + provenance_yaml(datamodule))
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True) + provenance_yaml(datamodule, memory))
         for logger in trainer.loggers:
             logger.log_hyperparams(flat_config(cfg))
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -204,6 +204,9 @@ class DiffusionModule(GenerativeModule):
         if extra is not None:
             out.update(extra[1], diffusion_loss=loss, loss=loss + extra[0])
         return out
+
+    def training_losses(self, batch: dict[str, Any]) -> Iterator[Tensor]:
+        yield self._step(batch)["loss"]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self._step(batch)

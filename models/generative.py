@@ -12,6 +12,7 @@ settings changed from outside.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -106,6 +107,13 @@ class GenerativeModule(L.LightningModule):
     def reconstruction_protocol(self, settings: ReconstructionSettings, sampling: SamplingSettings | None = None) -> str | None:
         """One line naming how ``reconstruct`` works under ``settings`` (metrics.json); None without a protocol."""
         return None
+
+    def training_losses(self, batch: dict[str, Any]) -> Iterator[Tensor]:
+        """The loss of each backward pass one training step makes on ``batch``, in order.
+
+        The memory estimate (``models.memory``) back-propagates them to measure a step's activations.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not expose its training losses")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain containers only, so checkpoints load with torch.load(weights_only=True).

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from evaluation.schema import METRIC_KEYS
 from experiments.run import resolve_output_dir, run
@@ -45,6 +46,8 @@ def _assert_run_folder(output_dir: Path, metrics: dict, conditional: bool) -> No
     assert list(written) == list(METRIC_KEYS)
     assert written["train_steps"] == metrics["train_steps"] > 0
     assert written["fid"] is not None and written["fid"] >= 0
+    memory = OmegaConf.load(output_dir / "config.yaml").provenance.memory_estimate  # printed before training, kept here
+    assert memory.activations_per_image_mib > 0 and memory.total_mib >= memory.weights_mib > 0
 
 
 @pytest.mark.parametrize("exp", MAIN_EXPERIMENTS)
