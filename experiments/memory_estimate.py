@@ -5,8 +5,8 @@ fits: ``models.memory`` measures one training step's activations at batch 1 and 
 the run will use, under the run's precision (the trainer's own autocast context), and adds the
 weights, gradients, optimiser state and the EMA copy. The probe leaves no trace: the model's state
 (BatchNorm statistics, spectral-norm vectors), its gradients and every random generator are as
-before, so a run with the estimate trains exactly as one without. It costs a second or two at
-256 px on a CPU.
+before, so a run with the estimate trains exactly as one without. It costs well under a second
+at 256 px on a CPU core.
 """
 
 from __future__ import annotations

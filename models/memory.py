@@ -164,7 +164,7 @@ class MemoryEstimate:
             f"{self.total / 2**30:.2f} GiB = weights {self.weights / MIB:.0f} MiB + gradients {self.gradients / MIB:.0f} MiB "
             f"+ optimiser state {self.optimizer_state / MIB:.0f} MiB + EMA {self.ema / MIB:.0f} MiB + activations saved for "
             f"backward {self.activations / MIB:.0f} MiB ({self.activations_per_image / MIB:.1f} MiB per image + "
-            f"{self.activations_fixed / MIB:.0f} MiB fixed; the step's temporaries come on top){measured}. "
+            f"{self.activations_fixed / MIB:.0f} MiB fixed; a step's temporaries add 10-50 % on top, README: On a GPU){measured}. "
             "Measured by a batch-1 and a batch-2 training step (memory_estimate=false skips it)"
         )
 

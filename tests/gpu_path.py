@@ -1,10 +1,10 @@
 """The configuration a GPU user runs, composed as the command line does, and its CPU stand-in for tests.
 
 ``gpu_overrides`` is the command line of a GPU run: ``exp`` x ``budget`` x ``data.image_size`` x
-``trainer`` (``gpu`` or ``ddp``). ``cpu_overrides`` adds only what a CPU must change (the
-accelerator) and what makes the run tiny (two batches of 2, a few phantom images, no loader
-processes, a 2-image sample grid, one epoch for the evaluation judge the run prepares before
-training). ``CPU_KEYS`` lists those keys, and a test checks that the composed configs differ in
+``trainer`` (``gpu`` or ``ddp``) x ``route`` (``pixel`` or ``latent``). ``cpu_overrides`` adds only
+what a CPU must change (the accelerator) and what makes the run tiny (two batches of 2, a few
+phantom images, no loader processes, a 2-image sample grid, one epoch for the evaluation judge and
+two steps of 2 images for the latent route's first stage, both fitted before training). ``CPU_KEYS`` lists those keys, and a test checks that the composed configs differ in
 nothing else, so the networks, noise process, precision, callbacks and trainer settings are the
 GPU user's. ``fit_and_sample`` trains that config with the runner's own callbacks, loggers and
 checkpoint writer, then draws two images.
@@ -32,6 +32,7 @@ EXPERIMENTS = ("hybrid", "ddpm", "ddpm_class", "vae", "gan")
 DIFFUSION = ("hybrid", "ddpm", "ddpm_class")
 BUDGETS = ("smoke", "quick", "long", "full")
 SIZES = (32, 64, 128, 256)
+ROUTES = ("pixel", "latent")  # the diffusion models' routes (configs/route); the VAE and the GAN have pixels only
 BATCHES = 2
 # The GAN counts its discriminator and its generator step (trainer.global_step advances by 2 per batch).
 OPTIMIZER_STEPS_PER_BATCH = {"gan": 2}
@@ -40,27 +41,36 @@ SAMPLE_STEPS = 2
 # What the CPU stand-in may change: the device, and the size of the run (never the model or the recipe).
 CPU_KEYS = (
     "trainer.accelerator", "trainer.max_steps", "data.batch_size", "data.num_workers", "data.num_train", "data.num_val",
-    "data.num_test", "callbacks.samples.num_images", "eval.judge.epochs", "paths.output_dir",
+    "data.num_test", "callbacks.samples.num_images", "eval.judge.epochs", "model.first_stage.fit.steps",
+    "model.first_stage.fit.batch_size", "paths.output_dir",
 )
 
 
-def gpu_overrides(exp: str, budget: str, size: int, trainer: str = "gpu") -> list[str]:
+def routes(exp: str) -> tuple[str, ...]:
+    return ROUTES if exp in DIFFUSION else ("pixel",)
+
+
+def gpu_overrides(exp: str, budget: str, size: int, trainer: str = "gpu", route: str = "pixel") -> list[str]:
     """The command line of a GPU user's run (``logger=none``: tests talk to no tracker)."""
-    return [f"exp={exp}", f"budget={budget}", f"data.image_size={size}", f"trainer={trainer}", "logger=none"]
+    return [f"exp={exp}", f"budget={budget}", f"data.image_size={size}", f"trainer={trainer}", f"route={route}", "logger=none"]
 
 
-def cpu_overrides(exp: str, output_dir: Path | str, batches: int = BATCHES) -> list[str]:
-    """The CPU stand-in's changes (``CPU_KEYS``): gloo/CPU devices, ``batches`` batches of 2, 8 phantom training images."""
+def cpu_overrides(exp: str, output_dir: Path | str, batches: int = BATCHES, route: str = "pixel") -> list[str]:
+    """The CPU stand-in's changes (``CPU_KEYS``): the CPU device, ``batches`` batches of 2, 8 phantom training images,
+    a first stage fitted for 2 steps of 2 images on the latent route."""
     steps = batches * OPTIMIZER_STEPS_PER_BATCH.get(exp, 1)
     return [
         "trainer.accelerator=cpu", f"trainer.max_steps={steps}", "data.batch_size=2", "data.num_workers=0", "data.num_train=8",
         "data.num_val=4", "data.num_test=4", "callbacks.samples.num_images=2", "eval.judge.epochs=1", f"paths.output_dir={output_dir}",
+        *(["model.first_stage.fit.steps=2", "model.first_stage.fit.batch_size=2"] if route == "latent" else []),
     ]
 
 
-def cpu_config(exp: str, budget: str, size: int, output_dir: Path, trainer: str = "gpu", *extra: str, batches: int = BATCHES) -> DictConfig:
+def cpu_config(
+    exp: str, budget: str, size: int, output_dir: Path, trainer: str = "gpu", *extra: str, batches: int = BATCHES, route: str = "pixel"
+) -> DictConfig:
     """The GPU user's config with the CPU stand-in's changes (and ``extra`` overrides)."""
-    return compose_config(*gpu_overrides(exp, budget, size, trainer), *cpu_overrides(exp, output_dir, batches), *extra)
+    return compose_config(*gpu_overrides(exp, budget, size, trainer, route), *cpu_overrides(exp, output_dir, batches, route), *extra)
 
 
 class LossRecorder(Callback):

@@ -1,4 +1,4 @@
-"""Parts of the GPU path on the CPU: bf16 autocast training of every model, the judge and the visual branch at 128-256 px."""
+"""Parts of the GPU path on the CPU: bf16 autocast training of every model and route, the judge and the visual branch at 128-256 px."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from evaluation import resources as resources_module
 from models.checkpoint import build_generator
 from models.classifier import SkinClassifier, head_sizes
 from tests import gpu_path
-from tests.gpu_path import DIFFUSION, EXPERIMENTS, cpu_config, fit_and_sample, gpu_overrides
+from tests.gpu_path import DIFFUSION, EXPERIMENTS, cpu_config, fit_and_sample, gpu_overrides, routes
 from tests.helpers import compose_config
 
 BF16_BATCHES = 4
@@ -27,9 +27,9 @@ def _first_convolution(module: torch.nn.Module) -> torch.nn.Module:
     return next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
 
 
-def _bf16_run(exp: str, precision: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], set[torch.dtype]]:
+def _bf16_run(exp: str, route: str, precision: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], set[torch.dtype]]:
     """Losses of ``BF16_BATCHES`` batches of the full budget at 64 px, and the dtypes the main network's first conv gave."""
-    cfg = cpu_config(exp, "full", 64, tmp_path / precision, "gpu", f"trainer.precision={precision}", batches=BF16_BATCHES)
+    cfg = cpu_config(exp, "full", 64, tmp_path / precision, "gpu", f"trainer.precision={precision}", batches=BF16_BATCHES, route=route)
     dtypes: set[torch.dtype] = set()
 
     def build_and_watch(model_cfg, info):
@@ -45,10 +45,10 @@ def _bf16_run(exp: str, precision: str, tmp_path: Path, monkeypatch: pytest.Monk
     return losses, dtypes
 
 
-@pytest.mark.parametrize("exp", EXPERIMENTS)
-def test_bf16_autocast_trains_with_finite_losses_close_to_float32(exp: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bf16, bf16_dtypes = _bf16_run(exp, "bf16-mixed", tmp_path, monkeypatch)
-    fp32, fp32_dtypes = _bf16_run(exp, "32-true", tmp_path, monkeypatch)
+@pytest.mark.parametrize(("exp", "route"), [(exp, route) for exp in EXPERIMENTS for route in routes(exp)])
+def test_bf16_autocast_trains_with_finite_losses_close_to_float32(exp: str, route: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bf16, bf16_dtypes = _bf16_run(exp, route, "bf16-mixed", tmp_path, monkeypatch)
+    fp32, fp32_dtypes = _bf16_run(exp, route, "32-true", tmp_path, monkeypatch)
     assert bf16_dtypes == {torch.bfloat16} and fp32_dtypes == {torch.float32}  # autocast reached the network, and only under bf16
     assert len(bf16) == BF16_BATCHES and all(torch.isfinite(torch.tensor(bf16))), bf16
     # Same seed, same initial weights, batch and noise: the first loss differs only by bf16 rounding.
