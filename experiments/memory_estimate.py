@@ -59,9 +59,10 @@ def estimate_run_memory(cfg: DictConfig, model: GenerativeModule, datamodule: An
     original_device, was_training = model.device, model.training
     start = time.perf_counter()
     peaks, device_peak = {}, None
+    sizes = PROBE_BATCHES if len(datamodule.train_set) >= max(PROBE_BATCHES) else (1,)
     try:
         model.to(device).train()
-        for size in PROBE_BATCHES:
+        for size in sizes:
             batch = probe_batch(datamodule.train_set, size, device)
             with trainer.precision_plugin.train_step_context():
                 peaks[size], device_peak = probe_step(lambda: model.training_losses(batch), model, device)
@@ -69,7 +70,7 @@ def estimate_run_memory(cfg: DictConfig, model: GenerativeModule, datamodule: An
         model.load_state_dict(snapshot)
         model.to(original_device).train(was_training)
         restore_rng_states(rng)
-    per_image = max(0, peaks[2] - peaks[1])
+    per_image = max(0, peaks[2] - peaks[1]) if 2 in peaks else peaks[1]  # one training image: all of it per image
     return MemoryEstimate(
         batch_size=int(cfg.data.batch_size), image_size=int(cfg.data.image_size), precision=str(cfg.trainer.precision),
         weights=weights, trainable_parameters=count, gradients=gradients, optimizer_state=optimizer_state, ema=ema,
@@ -81,6 +82,9 @@ def estimate_run_memory(cfg: DictConfig, model: GenerativeModule, datamodule: An
 def log_memory_estimate(cfg: DictConfig, model: GenerativeModule, datamodule: Any, trainer: L.Trainer) -> dict[str, Any] | None:
     """Print the estimate on rank 0 and return it for config.yaml's provenance; None when ``memory_estimate`` is off."""
     if not cfg.memory_estimate or not trainer.is_global_zero:
+        return None
+    if type(model).training_losses is GenerativeModule.training_losses:
+        print(f"No training-memory estimate: {type(model).__name__} does not expose its training losses", flush=True)
         return None
     estimate = estimate_run_memory(cfg, model, datamodule, trainer)
     print(estimate.summary(), flush=True)  # before training, where a user deciding whether to wait sees it

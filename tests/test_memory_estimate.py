@@ -12,6 +12,7 @@ from torch import nn
 from callbacks.rng import collect_rng_states
 from experiments.memory_estimate import estimate_run_memory, log_memory_estimate, optimizer_factories, probe_batch
 from models.checkpoint import build_generator
+from models.generative import GenerativeModule
 from models.memory import module_tensors, optimizer_states_per_parameter, probe_step, saved_activation_peak
 from tests.helpers import compose_config
 
@@ -132,3 +133,21 @@ def test_the_run_prints_the_estimate_unless_switched_off(capsys: pytest.CaptureF
     cfg.memory_estimate = False
     assert log_memory_estimate(cfg, model, datamodule, trainer) is None
     assert capsys.readouterr().out == ""
+
+
+def test_one_training_image_counts_wholly_per_image() -> None:
+    cfg, datamodule, model, trainer = _setup("vae")
+    datamodule.train_set = torch.utils.data.Subset(datamodule.train_set, [0])
+    estimate = estimate_run_memory(cfg, model, datamodule, trainer)
+    assert estimate.activations_per_image > 0 and estimate.activations_fixed == 0
+
+
+def test_a_generator_without_training_losses_runs_without_an_estimate(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, datamodule, model, trainer = _setup("vae")
+
+    class Opaque(type(model)):
+        training_losses = GenerativeModule.training_losses
+
+    model.__class__ = Opaque
+    assert log_memory_estimate(cfg, model, datamodule, trainer) is None
+    assert "does not expose its training losses" in capsys.readouterr().out
