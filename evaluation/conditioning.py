@@ -26,7 +26,7 @@ from torch import Tensor
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from datamodules.info import DataInfo
-from evaluation.bootstrap import basic_interval, wilson_interval
+from evaluation.bootstrap import percentile_interval, wilson_interval
 from models.classifier import ATTRIBUTE_PREFIX, LABEL_HEAD, batch_targets, head_values
 
 DIAGNOSIS = "diagnosis"
@@ -97,7 +97,7 @@ def head_entry(reading: HeadReadings, weights: list[Tensor], roof: dict[str, Any
     accuracy = sum(accuracies) / len(accuracies) if min(counts) > 0 else None
     entry = {
         "accuracy": accuracy,
-        "interval": basic_interval(replicates, accuracy, float(cfg["bootstrap"]["level"]), 0.0, 1.0),
+        "interval": percentile_interval(replicates, float(cfg["bootstrap"]["level"]), 0.0, 1.0),
         "chance": majority_rate(torch.cat(reading.targets)),
         "shuffled": shuffled_accuracy(reading, int(cfg["shuffled_permutations"]), int(cfg["bootstrap"]["seed"])),
         "ceiling": roof["accuracy"], "ceiling_interval": roof["interval"], "n": sum(counts),
@@ -156,7 +156,7 @@ def accuracy_block(sets: list[Any], weights: list[Tensor], judge: Any, real: Any
         DIAGNOSIS: per_head[DIAGNOSIS]["accuracy"], "mean_visual": sum(visual) / len(visual) if visual else None,
         "per_head": per_head,
     }
-    intervals["mean_visual"] = basic_interval(torch.tensor(visual_replicates).mean(0), block["mean_visual"], level, 0.0, 1.0) if visual_replicates else None
+    intervals["mean_visual"] = percentile_interval(torch.tensor(visual_replicates).mean(0), level, 0.0, 1.0) if visual_replicates else None
     if block[DIAGNOSIS] is None:
         nulls[DIAGNOSIS] = nulls.get(f"per_head.{DIAGNOSIS}.accuracy", "no diagnosis accuracy")
     if block["mean_visual"] is None:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from datamodules.sampling import ClassBalancedSampler
 from datamodules.transforms import Augment, to_tensor
 from evaluation.data import take
-from models.classifier import LABEL_HEAD, SkinClassifier
+from models.classifier import LABEL_HEAD, SkinClassifier, torch_flags_kept
 from models.generative import SamplingSettings
 
 ARMS = ("real", "real_balanced", "real+syn", "real+syn_class", "syn")
@@ -192,13 +192,14 @@ def train_and_test(
     loader = DataLoader(dataset, batch_size=batch_size, sampler=plan.tolist(), num_workers=0)
     bar = tqdm(total=steps, desc=description, leave=False, disable=not progress)
     selector = SelectOnValidation(validation["image"], validation["label"].numpy(), selection_points(steps, int(recipe.eval_points)), bar)
-    trainer = L.Trainer(
-        max_steps=steps, max_epochs=1, accelerator=recipe.accelerator, devices=1, deterministic=True, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[selector],
-        use_distributed_sampler=False, num_sanity_val_steps=0,
-    )
     start = time.perf_counter()
-    trainer.fit(model, loader)
+    with torch_flags_kept():
+        trainer = L.Trainer(
+            max_steps=steps, max_epochs=1, accelerator=recipe.accelerator, devices=1, deterministic=True, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[selector],
+            use_distributed_sampler=False, num_sanity_val_steps=0,
+        )
+        trainer.fit(model, loader)
     train_time = time.perf_counter() - start
     bar.close()
     if trainer.global_step != steps:

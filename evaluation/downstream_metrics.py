@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from evaluation.bootstrap import basic_interval
+from evaluation.bootstrap import percentile_interval
 
 SCALARS = ("balanced_accuracy", "macro_f1", "auroc", "accuracy")
 PER_CLASS = ("recall", "auroc")
@@ -85,7 +85,7 @@ def _weighted_auroc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarra
 def cell_figures(
     probabilities: np.ndarray, labels: np.ndarray, replicate_weights: np.ndarray, class_names: list[str] | tuple[str, ...], level: float,
 ) -> dict[str, Any]:
-    """One cell's figures with basic bootstrap intervals over test images (``evaluation.bootstrap``)."""
+    """One cell's figures with percentile bootstrap intervals over test images (``evaluation.bootstrap``)."""
     point = weighted_figures(probabilities, labels, np.ones((1, len(labels))))
     replicates = weighted_figures(probabilities, labels, replicate_weights)
     out: dict[str, Any] = {key: _finite(point[key][0]) for key in SCALARS}
@@ -108,7 +108,7 @@ def _finite(value: float) -> float | None:
 
 
 def _interval(replicates: np.ndarray, estimate: float, level: float) -> list[float] | None:
-    return basic_interval(replicates, float(estimate), level, 0.0, 1.0) if np.isfinite(estimate) else None
+    return percentile_interval(replicates, level, 0.0, 1.0) if np.isfinite(estimate) else None
 
 
 def seed_and_test_interval(

@@ -102,9 +102,10 @@ def distribution_block(sets: list[SampleSet], resources: EvalResources, cfg: Any
             real.features[domain.name], [s.features[domain.name] for s in sets], weights, cfg
         )
     intervals.update(per_seed=per_seed, seed_spread=spread(per_seed), method=(
-        f"{cfg['bootstrap']['level']:.0%} basic bootstrap intervals ({cfg['bootstrap']['resamples']} replicates resampling the "
-        f"real and generated sets) of the mean over {len(sets)} evaluation seed(s); bias-corrected, so they target the "
-        "population value and lie below a biased point estimate such as FD at small n; Wilson for per-class proportions"
+        f"{cfg['bootstrap']['level']:.0%} bootstrap intervals ({cfg['bootstrap']['resamples']} replicates resampling the "
+        f"real and generated sets) of the mean over {len(sets)} evaluation seed(s): estimate -/+ z sd for fid, fd_domain, KID, "
+        "precision and recall (the spread at this n; FD's finite-n offset is shared by runs at the same n and shown by the "
+        "floor), percentiles for accuracies; Wilson for per-class proportions"
     ))
     if resources.floor is not None:
         floor = resources.floor

@@ -20,7 +20,7 @@ from evaluation.bootstrap import (
     KIDReplicates,
     PrecisionRecallReplicates,
     draw_weights,
-    basic_interval,
+    spread_interval,
     replicate_values,
 )
 from evaluation.fid import distribution_figures, frechet_distance
@@ -61,7 +61,7 @@ def distribution_scores(real: Tensor, fakes: list[Tensor], seeds: list[int], wei
     figures = {key: _mean([s[key] for s in per_set]) for key in (*DISTRIBUTION_KEYS, "kid_std")}
     return {
         "figures": figures,
-        "intervals": {key: basic_interval(torch.tensor(values).mean(0), figures[key], level, *RANGES[key]) for key, values in replicates.items()},
+        "intervals": {key: spread_interval(torch.tensor(values).mean(0), figures[key], level, *RANGES[key]) for key, values in replicates.items()},
         "per_seed": {key: [s[key] for s in per_set] for key in DISTRIBUTION_KEYS},
     }
 
@@ -71,7 +71,7 @@ def domain_fd(real: Tensor, fakes: list[Tensor], weights: list[Tensor], cfg: Any
     per_set = [frechet_distance(real, fake) for fake in fakes]
     values = [replicate_values(FrechetReplicates(real, fake), weights[0], w) for fake, w in zip(fakes, weights[1:])]
     estimate = _mean(per_set)
-    return estimate, basic_interval(torch.tensor(values).mean(0), estimate, float(cfg["bootstrap"]["level"]), *RANGES["fid"]), per_set
+    return estimate, spread_interval(torch.tensor(values).mean(0), estimate, float(cfg["bootstrap"]["level"]), *RANGES["fid"]), per_set
 
 
 def spread(per_seed: dict[str, list[float]]) -> dict[str, float | None]:

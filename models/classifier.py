@@ -11,6 +11,9 @@ noise, blur and colour jitter (``RobustAugment``).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -208,6 +211,26 @@ class SkinClassifier(L.LightningModule):
         return torch.cat(chunks)
 
 
+@contextmanager
+def torch_flags_kept() -> Iterator[None]:
+    """Restore torch's global flags after a nested fit.
+
+    ``L.Trainer(deterministic=True)`` switches deterministic algorithms on for the whole process; the
+    judge is trained inside a generator run's set-up, whose own training must keep its flags.
+    """
+    deterministic, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark, cublas = torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
 def train_classifier(
     heads: dict[str, int],
     dataset: torch.utils.data.Dataset,
@@ -230,11 +253,12 @@ def train_classifier(
         generator=torch.Generator().manual_seed(seed), num_workers=0,
     )
     model.hparams.max_steps = epochs * len(loader)
-    trainer = L.Trainer(
-        max_epochs=epochs, accelerator=accelerator, devices=1, deterministic=True, logger=False,
-        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-    )
-    trainer.fit(model, loader)
+    with torch_flags_kept():
+        trainer = L.Trainer(
+            max_epochs=epochs, accelerator=accelerator, devices=1, deterministic=True, logger=False,
+            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+        )
+        trainer.fit(model, loader)
     return model.cpu().eval()
 
 

@@ -124,3 +124,19 @@ def test_the_evaluation_hands_its_device_to_the_judge(monkeypatch: pytest.Monkey
     with pytest.raises(RuntimeError, match="judge requested"):
         resources_module.prepare_evaluation(datamodule, cfg.eval, device=torch.device("cuda", 0), progress=False)
     assert seen == [torch.device("cuda", 0)]
+
+
+def test_a_nested_classifier_fit_leaves_torch_flags_as_it_found_them() -> None:
+    """The judge is trained inside a generator run's set-up: Lightning's deterministic=True must not leak into the run."""
+    from models.classifier import train_classifier
+    from torch.utils.data import TensorDataset
+
+    class Items(TensorDataset):
+        def __getitem__(self, index: int) -> dict:
+            image, label = super().__getitem__(index)
+            return {"image": image, "label": int(label), "attributes": {}, "skin_tone": 0}
+
+    before = torch.are_deterministic_algorithms_enabled()
+    data = Items(torch.rand(8, 3, 16, 16) * 2 - 1, torch.arange(8) % 2)
+    train_classifier({"label": 2}, data, epochs=1, batch_size=4, seed=0)
+    assert torch.are_deterministic_algorithms_enabled() == before
