@@ -277,7 +277,8 @@ class SkinDataModule(L.LightningDataModule):
             split: whose metadata supplies the label / attribute / tone mix (``train``, ``val``, ``test``).
             holdout: None, the training prompt distribution (each row's own caption); ``"paraphrase"``,
                 the same rows captioned only in held-out frames; ``"combo"``, rows of the held-out
-                combinations only (``split`` val or test), with their own captions.
+                combinations only (``split`` val or test), with their own captions; ``"balanced"``, every
+                diagnosis of the split equally often, each row with its own caption.
         """
         self.setup()
         if split not in ("train", "val", "test"):

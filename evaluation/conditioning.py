@@ -10,7 +10,10 @@ only beside its references, so every head carries:
   its lower bound is not above the majority rate of those real images, the judge cannot see the
   head and the head's accuracy is null, with the reason in ``nulls``;
 - ``interval``: a bootstrap interval over the generated samples (and over evaluation seeds).
-Only visual heads count in ``mean_visual`` (``eval.non_visual_heads`` lists metadata that an image
+The diagnosis head also gets its balanced accuracy (mean recall over prompted diagnoses) beside the
+judge's balanced accuracy on real images: on HAM10000 always answering "nv" scores 0.67 accuracy but
+1/7 balanced. A class-balanced prompt set (``eval.balanced``) gives every diagnosis enough samples for
+its own figure. Only visual heads count in ``mean_visual`` (``eval.non_visual_heads`` lists metadata that an image
 does not show, such as HAM10000's sex, age, localization and dx_type). Groups with fewer than
 ``eval.min_group_size`` samples report null.
 """
@@ -27,6 +30,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from datamodules.info import DataInfo
 from evaluation.bootstrap import percentile_interval, wilson_interval
+from evaluation.downstream_metrics import balanced_accuracy
 from models.classifier import ATTRIBUTE_PREFIX, LABEL_HEAD, batch_targets, head_values
 
 DIAGNOSIS = "diagnosis"
@@ -136,6 +140,24 @@ def per_class(reading: HeadReadings, class_names: tuple[str, ...], cfg: Any) -> 
     return out
 
 
+def balanced_entry(reading: HeadReadings, weights: list[Tensor], real_logits: Tensor, real_targets: Tensor, level: float) -> tuple[dict[str, Any], list[float] | None]:
+    """Balanced accuracy of the generated samples (pooled over seeds, bootstrap interval), the judge's on real
+    images of the split, and their ratio (how much of what the judge can see the generator delivers)."""
+    targets, predicted = torch.cat(reading.targets), torch.cat(reading.predicted)
+    known, real_known = targets >= 0, real_targets >= 0
+    num_classes = real_logits.shape[1]
+    value = float(balanced_accuracy(targets[known].numpy(), predicted[known].numpy(), num_classes)[0])
+    replicates = balanced_accuracy(targets[known].numpy(), predicted[known].numpy(), num_classes,
+                                   torch.cat(weights, dim=1)[:, known].numpy()).tolist()
+    interval = percentile_interval(replicates, level, 0.0, 1.0)
+    real = float(balanced_accuracy(real_targets[real_known].numpy(), real_logits.argmax(1)[real_known].numpy(), num_classes)[0])
+    classes = int(targets[known].unique().numel())
+    return {
+        "accuracy": value, "interval": interval, "chance": 1.0 / classes if classes else None,
+        "ceiling": real, "ratio_to_ceiling": value / real if real > 0 else None,
+    }, interval
+
+
 def accuracy_block(sets: list[Any], weights: list[Tensor], judge: Any, real: Any, real_logits: dict[str, Tensor], cfg: Any) -> tuple[dict[str, Any], dict[str, list[float] | None], dict[str, str]]:
     """``per_head``, ``diagnosis`` and ``mean_visual`` of a group of sample sets, their intervals, and null reasons."""
     level = float(cfg["bootstrap"]["level"])
@@ -165,18 +187,35 @@ def accuracy_block(sets: list[Any], weights: list[Tensor], judge: Any, real: Any
 
 
 def conditioning_accuracy(
-    sets: list[Any], weights: list[Tensor], heldout: dict[str, tuple[list[Any], list[Tensor]] | str], resources: Any,
-    class_names: tuple[str, ...], cfg: Any,
+    sets: list[Any], weights: list[Tensor], heldout: dict[str, tuple[list[Any], list[Tensor]] | str],
+    balanced: tuple[list[Any], list[Tensor]] | str, resources: Any, class_names: tuple[str, ...], cfg: Any,
 ) -> tuple[dict[str, Any], dict[str, list[float] | None], dict[str, str]]:
     """The ``cond_accuracy`` entry of metrics.json, its intervals (``cond_accuracy.<head>``), and null reasons.
 
     ``weights`` are the bootstrap multiplicities of each set (R, n); ``heldout`` maps ``paraphrase`` /
-    ``combo`` to their sample sets and weights, or to why there are none.
+    ``combo`` to their sample sets and weights, or to why there are none; ``balanced`` likewise for the
+    class-balanced prompt set.
     """
     judge, real = resources.judge, resources.real
+    level = float(cfg["bootstrap"]["level"])
+    label_heads = {LABEL_HEAD: judge.heads[LABEL_HEAD]}
+    real_label_logits, real_labels = real.judge_logits[LABEL_HEAD], batch_targets(real.batch, label_heads)[LABEL_HEAD]
     block, head_intervals, nulls = accuracy_block(sets, weights, judge, real, real.judge_logits, cfg)
-    block["per_class"] = per_class(readings(sets, {LABEL_HEAD: judge.heads[LABEL_HEAD]})[LABEL_HEAD], class_names, cfg)
+    block["per_class"] = per_class(readings(sets, label_heads)[LABEL_HEAD], class_names, cfg)
+    block["diagnosis_balanced"], head_intervals["diagnosis_balanced"] = balanced_entry(
+        readings(sets, label_heads)[LABEL_HEAD], weights, real_label_logits, real_labels, level)
     intervals = {f"cond_accuracy.{name}": value for name, value in head_intervals.items()}
+    if isinstance(balanced, str):
+        block["balanced"], nulls["balanced"] = None, balanced
+    else:
+        balanced_sets, balanced_weights = balanced
+        reading = readings(balanced_sets, label_heads)[LABEL_HEAD]
+        entry, entry_interval = balanced_entry(reading, balanced_weights, real_label_logits, real_labels, level)
+        block["balanced"] = {
+            "diagnosis_balanced": entry, "per_class": per_class(reading, class_names, cfg),
+            "n": sum(s.size for s in balanced_sets),
+        }
+        intervals["cond_accuracy.balanced.diagnosis_balanced"] = entry_interval
     held: dict[str, Any] = {}
     for kind, group in heldout.items():
         if isinstance(group, str):

@@ -39,10 +39,8 @@ def weighted_figures(probabilities: np.ndarray, labels: np.ndarray, weights: np.
     """
     n, num_classes = probabilities.shape
     weights = np.asarray(weights, dtype=np.float64)
-    truth = np.eye(num_classes)[labels]  # (n, K)
-    predicted = np.eye(num_classes)[probabilities.argmax(1)]  # (n, K)
+    truth, predicted, support, hits, calls = _weighted_counts(labels, probabilities.argmax(1), num_classes, weights)
     present = truth.sum(0) > 0
-    support, hits, calls = weights @ truth, weights @ (truth * predicted), weights @ predicted  # (R, K) each
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.where(present & (support > 0), hits / support, np.nan)
         f1 = np.where(present & (support + calls > 0), 2 * hits / (support + calls), np.nan)
@@ -53,6 +51,22 @@ def weighted_figures(probabilities: np.ndarray, labels: np.ndarray, weights: np.
         "balanced_accuracy": _nanmean(recall), "macro_f1": _nanmean(f1), "auroc": _nanmean(auroc), "accuracy": accuracy,
         "recall": recall, "auroc_per_class": auroc,
     }
+
+
+def _weighted_counts(labels: np.ndarray, predicted: np.ndarray, num_classes: int, weights: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One-hot truth and predictions (n, K), and per replicate the support, hits and calls of each class (R, K)."""
+    truth, calls_onehot = np.eye(num_classes)[labels], np.eye(num_classes)[predicted]
+    return truth, calls_onehot, weights @ truth, weights @ (truth * calls_onehot), weights @ calls_onehot
+
+
+def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray, num_classes: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Mean recall over the classes present in ``labels`` under each row of ``weights`` (R,); without weights, (1,).
+    Classes a replicate does not draw are left out of its mean."""
+    weights = np.ones((1, len(labels))) if weights is None else np.asarray(weights, dtype=np.float64)
+    truth, _, support, hits, _ = _weighted_counts(np.asarray(labels), np.asarray(predicted), num_classes, weights)
+    present = truth.sum(0) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _nanmean(np.where(present & (support > 0), hits / support, np.nan))
 
 
 def _nanmean(values: np.ndarray) -> np.ndarray:

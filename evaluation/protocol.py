@@ -89,6 +89,21 @@ def draw_heldout(model: Any, datamodule: Any, resources: EvalResources, cfg: Any
     return out
 
 
+def draw_balanced(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, sampling: SamplingSettings | None,
+                  progress: bool) -> list[SampleSet] | str:
+    """The class-balanced prompt set (first evaluation seed, judge only), or why there is none."""
+    n, seed = int(cfg["balanced"]["num_generated"]), int(cfg["seeds"][0])
+    if not is_conditional(model):
+        return "an unconditional model takes no prompts"
+    if n <= 0:
+        return "eval.balanced.num_generated is 0"
+    try:
+        conditions = eval_conditions(datamodule, n, seed, resources.split, holdout="balanced")
+    except ValueError as error:
+        return f"no class-balanced prompts: {error}"
+    return [draw_sample_set(model, conditions, n, seed, resources, cfg, sampling, progress, features=False)]
+
+
 def distribution_block(sets: list[SampleSet], resources: EvalResources, cfg: Any) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
     """FID/KID/precision/recall (and fd_domain) with intervals and seed spread; the bootstrap weights used."""
     primary, domain, real = resources.primary, resources.domain, resources.real
@@ -180,10 +195,11 @@ def evaluate_generator(
     with evaluation_mode(model):
         sets = draw_sets(model, datamodule, resources, eval_cfg, sampling, progress)
         heldout = draw_heldout(model, datamodule, resources, eval_cfg, sampling, progress)
+        balanced = draw_balanced(model, datamodule, resources, eval_cfg, sampling, progress)
         recon_real = take(resources.real.batch, slice(0, int(eval_cfg["num_recon"])))
         recon = reconstruction_metrics(model, recon_real, settings, sampling, int(eval_cfg["batch_size"]), int(eval_cfg["seeds"][0]), progress)
     eval_dir = Path(out_dir) / "eval" if rank == 0 else None
-    metrics, details = score(model, datamodule, sets, heldout, resources, eval_cfg, eval_dir, progress)
+    metrics, details = score(model, datamodule, sets, heldout, balanced, resources, eval_cfg, eval_dir, progress)
     if recon is not None:
         metrics.update(ssim=recon["ssim"], psnr=recon["psnr"], reconstruction_protocol=model.reconstruction_protocol(settings, sampling))
         details["ms_ssim"] = recon["ms_ssim"]
@@ -199,7 +215,8 @@ def evaluate_generator(
         ),
     )
     if eval_dir is not None:
-        write_files(eval_dir, sets[0], datamodule.info, metrics, details)
+        grid_set = sets[0] if isinstance(balanced, str) else balanced[0]
+        write_files(eval_dir, sets[0], grid_set, resources.real.batch, datamodule.info, metrics, details)
     return metrics
 
 
@@ -212,12 +229,12 @@ def eval_settings(model: Any, cfg: Any, resources: EvalResources, sampling: Samp
         **model.sampling_description(sampling),
         "reconstruction": {"strength": settings.strength, "projection_steps": settings.projection_steps, "num": int(cfg["num_recon"])},
         "bootstrap": {"resamples": int(cfg["bootstrap"]["resamples"]), "level": float(cfg["bootstrap"]["level"])},
-        "heldout_n": int(cfg["heldout"]["num_generated"]), "budget": budget,
+        "heldout_n": int(cfg["heldout"]["num_generated"]), "balanced_n": int(cfg["balanced"]["num_generated"]), "budget": budget,
     }
 
 
-def score(model: Any, datamodule: Any, sets: list[SampleSet], heldout: dict[str, Any], resources: EvalResources,
-          cfg: Any, eval_dir: Path | None, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def score(model: Any, datamodule: Any, sets: list[SampleSet], heldout: dict[str, Any], balanced: list[SampleSet] | str,
+          resources: EvalResources, cfg: Any, eval_dir: Path | None, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every set-level figure; metrics (with intervals and null reasons) and the details.json extras."""
     info = datamodule.info
     metrics = empty_metrics()
@@ -236,7 +253,8 @@ def score(model: Any, datamodule: Any, sets: list[SampleSet], heldout: dict[str,
     if is_conditional(model):
         held = {kind: group if isinstance(group, str) else (group, bootstrap_weights([s.size for s in group], cfg, stream=2 + i))
                 for i, (kind, group) in enumerate(heldout.items())}
-        cond, cond_intervals, cond_nulls = conditioning_accuracy(sets, weights[1:], held, resources, tuple(info.class_names), cfg)
+        balanced_group = balanced if isinstance(balanced, str) else (balanced, bootstrap_weights([s.size for s in balanced], cfg, stream=2 + len(held)))
+        cond, cond_intervals, cond_nulls = conditioning_accuracy(sets, weights[1:], held, balanced_group, resources, tuple(info.class_names), cfg)
         metrics["cond_accuracy"] = cond
         intervals.update(cond_intervals)
         nulls.update(cond_nulls)

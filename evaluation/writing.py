@@ -2,7 +2,7 @@
 
 ``samples.png`` (the first samples), ``samples/`` + ``samples.json`` (each sample's prompt and what
 the judge reads in it; the runner makes a W&B table of it), ``by_class.png`` (samples per prompted
-diagnosis), ``closest_pairs.png`` (generated images beside their nearest training image) and
+diagnosis above real images of it), ``closest_pairs.png`` (generated images beside their nearest training image) and
 ``details.json`` (what metrics.json has no key for: confusion tables, judge sanity, per-seed figures).
 """
 
@@ -61,28 +61,39 @@ def write_sample_table(images: Tensor, conditions: dict[str, Any] | None, judge_
     (eval_dir / "samples.json").write_text(json.dumps({"nrow": 8, "captions": [r["caption"] for r in rows], "samples": rows}, indent=1))
 
 
-def save_class_grid(images: Tensor, labels: Tensor, per_class: dict[str, dict[str, Any]], class_names: tuple[str, ...], path: Path, columns: int = 8) -> Path:
-    """One row per diagnosis: the first ``columns`` samples prompted with it, titled with the judge's accuracy."""
-    pixels = ((images.float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+def save_class_grid(images: Tensor, labels: Tensor, per_class: dict[str, dict[str, Any]], real_images: Tensor, real_labels: Tensor,
+                    class_names: tuple[str, ...], path: Path, columns: int = 8) -> Path:
+    """Per diagnosis, a row of samples prompted with it (titled with the judge's accuracy) above a row of real
+    images of that diagnosis from the evaluation split: a rare class's failure shows against what it should be."""
+    def pixels(batch: Tensor) -> Any:
+        return ((batch.float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+    generated, real = pixels(images), pixels(real_images[: len(real_labels)])
     rows = []
     for index, name in enumerate(class_names):
         stats = per_class[name]
         if stats["n"]:
             chosen = (labels == index).nonzero().flatten()[:columns].tolist()
             accuracy = "n/a" if stats["accuracy"] is None else f"{stats['accuracy']:.0%}"
-            rows.append((f"{name}\njudge {accuracy}\nn = {stats['n']}", [pixels[i] for i in chosen]))
-    title = "generated per prompted diagnosis (judge accuracy on all samples of that prompt)"
+            rows.append((f"{name} generated\njudge {accuracy}, n = {stats['n']}", [generated[i] for i in chosen]))
+            references = (real_labels == index).nonzero().flatten()[:columns].tolist()
+            rows.append((f"{name} real", [real[i] for i in references]))
+    title = "per prompted diagnosis: generated (judge accuracy over all samples of that prompt) above real"
     return save_captioned_rows(rows, path, columns, title=title, dpi=110)
 
 
-def write_files(eval_dir: Path, first: Any, info: Any, metrics: dict[str, Any], details: dict[str, Any]) -> None:
-    """Every file of ``eval_dir`` but the closest pairs (written by the memorization step)."""
+def write_files(eval_dir: Path, first: Any, grid_set: Any, real_batch: dict[str, Any], info: Any, metrics: dict[str, Any],
+                details: dict[str, Any]) -> None:
+    """Every file of ``eval_dir`` but the closest pairs (written by the memorization step); ``by_class.png`` shows
+    ``grid_set`` (the class-balanced prompt set where there is one) beside ``real_batch``."""
     eval_dir.mkdir(parents=True, exist_ok=True)
     if first.preview.shape[0]:
         save_pairs(first.preview, eval_dir / "samples.png")
     write_sample_table(first.preview, first.conditions, {h: v[: first.preview.shape[0]] for h, v in first.judge_logits.items()}, info, eval_dir)
     cond = metrics.get("cond_accuracy")
-    if cond is not None and first.conditions is not None:
-        labels = torch.as_tensor(first.conditions["label"]).long()
-        save_class_grid(first.thumbnails, labels, cond["per_class"], tuple(info.class_names), eval_dir / "by_class.png")
+    if cond is not None and grid_set.conditions is not None:
+        labels = torch.as_tensor(grid_set.conditions["label"]).long()
+        per_class = cond["per_class"] if grid_set is first else cond["balanced"]["per_class"]
+        save_class_grid(grid_set.thumbnails, labels, per_class, real_batch["image"], torch.as_tensor(real_batch["label"]).long(),
+                        tuple(info.class_names), eval_dir / "by_class.png")
     (eval_dir / "details.json").write_text(json.dumps(details, indent=1, default=str))

@@ -44,6 +44,7 @@ COLUMNS: list[tuple[str, str, str | None, int, float]] = [
     ("SSIM", "ssim", None, 3, 1.0),
     ("PSNR (dB)", "psnr", None, 2, 1.0),
     ("diagnosis acc.", "diagnosis", "cond_accuracy.diagnosis", 3, 1.0),
+    ("diagnosis bal. acc. (balanced prompts)", "diagnosis_balanced", "cond_accuracy.balanced.diagnosis_balanced", 3, 1.0),
     ("visual acc.", "mean_visual", "cond_accuracy.mean_visual", 3, 1.0),
     ("copy rate", "copy_rate", None, 3, 1.0),
     ("worst tone FD", "worst_tone_fd", None, 2, 1.0),
@@ -77,6 +78,7 @@ def figures_of(run_dir: Path, metrics: dict[str, Any]) -> dict[str, tuple[float 
     values = {
         **{key: metrics.get(key) for _, key, _, _, _ in COLUMNS if key in metrics},
         "diagnosis": cond.get("diagnosis"), "mean_visual": cond.get("mean_visual", cond.get("mean")),
+        "diagnosis_balanced": ((cond.get("balanced") or {}).get("diagnosis_balanced") or {}).get("accuracy"),
         "copy_rate": memorization.get("copy_rate", (memorization.get("feature") or {}).get("copy_rate")),
         "worst_tone_fd": (metrics.get("per_skin_tone") or {}).get("worst_fid"),
     }

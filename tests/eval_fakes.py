@@ -78,6 +78,8 @@ class BlobDataModule:
         label, border, tone = rng.integers(0, 3, n), rng.integers(0, 2, n), rng.integers(1, 7, n)
         if holdout == "combo":
             label, border = np.full(n, self.HELDOUT_COMBO[0]), np.full(n, self.HELDOUT_COMBO[1])
+        elif holdout == "balanced":
+            label = rng.permutation(np.arange(n) % 3)
         elif holdout not in (None, "paraphrase"):
             raise ValueError(f"unknown holdout {holdout!r}")
         template = "a {} blob, its border {}, on tone {}" if holdout == "paraphrase" else "blob {} border {} tone {}"

@@ -68,6 +68,22 @@ def test_combo_conditions_all_match_and_come_from_val_or_test(cache: Path) -> No
         phantom(cache).sample_conditions(4, seed=0, split="val", holdout="combo")
 
 
+def test_balanced_conditions_prompt_every_diagnosis_equally_often(cache: Path) -> None:
+    dm = phantom(cache)
+    natural = dm.sample_conditions(300, seed=2, split="val")
+    balanced = dm.sample_conditions(301, seed=2, split="val", holdout="balanced")
+    counts = torch.bincount(balanced["label"], minlength=3)
+    assert counts.sum() == 301 and counts.max() - counts.min() <= 1  # 100 or 101 each
+    natural_counts = torch.bincount(natural["label"], minlength=3)
+    assert natural_counts.max() - natural_counts.min() > 20  # the phantom's natural mix is not balanced
+    table = dm.table.splits["val"]
+    rows = {caption: i for i, caption in enumerate(table.captions)}
+    for caption, label in zip(balanced["caption"][:50], balanced["label"][:50]):
+        assert int(table.labels[rows[caption]]) == int(label)  # each prompt is a real row's own caption
+    again = dm.sample_conditions(301, seed=2, split="val", holdout="balanced")
+    assert again["caption"] == balanced["caption"]
+
+
 def test_no_training_caption_uses_a_held_out_frame(cache: Path) -> None:
     dm = phantom(cache, holdout_paraphrases=2)
     vocabulary = vocabulary_for(dm.info)

@@ -16,7 +16,7 @@ from evaluation.bootstrap import draw_weights
 from evaluation.downstream import (
     ARMS, LabelledImages, balanced_conditions, draw_plan, synthetic_images, to_uint8, train_and_test,
 )
-from evaluation.downstream_metrics import cell_figures, seed_and_test_interval, weighted_figures
+from evaluation.downstream_metrics import balanced_accuracy, cell_figures, seed_and_test_interval, weighted_figures
 from evaluation.downstream_summary import summarize
 from models.generative import SamplingSettings
 from evaluation.features import DomainFeatures
@@ -191,3 +191,14 @@ def test_evaluate_command_without_features_fails_clearly(tmp_path: Path, monkeyp
         evaluate(compose_config("evaluate", folders), folders)
     with pytest.raises(SystemExit, match="usage"):
         evaluate(compose_config("evaluate", []), [])
+
+
+def test_balanced_accuracy_matches_scikit_learn_with_and_without_weights() -> None:
+    rng = np.random.default_rng(5)
+    labels, predicted = rng.integers(0, 4, 90), rng.integers(0, 4, 90)
+    predicted[labels == 2] = 2  # one class always right, so the classes differ
+    assert balanced_accuracy(labels, predicted, 6)[0] == pytest.approx(balanced_accuracy_score(labels, predicted))
+    weights = draw_weights(90, 3, seed=1).numpy()
+    for row, w in zip(balanced_accuracy(labels, predicted, 6, weights), weights):
+        repeat = np.repeat(np.arange(90), w.astype(int))  # integer multiplicities: the resampled set itself
+        assert row == pytest.approx(balanced_accuracy_score(labels[repeat], predicted[repeat]))

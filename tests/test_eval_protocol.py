@@ -30,7 +30,7 @@ def tiny_eval_cfg(cache: Path, **overrides) -> OmegaConf:
         "seeds": [0], "cache_dir": str(cache), "progress": False, "num_generated": 64, "num_real": None, "batch_size": 32,
         "kid_subsets": 20, "kid_subset_size": 50, "num_recon": 16, "feature_extractor": "domain",
         "bootstrap": {"resamples": 100}, "heldout": {"num_generated": 32},
-        "judge": {"epochs": 10, "num_sanity_images": 128},
+        "balanced": {"num_generated": 30}, "judge": {"epochs": 10, "num_sanity_images": 128},
     })
     cfg.merge_with(overrides)
     return cfg
@@ -130,6 +130,13 @@ def test_intervals_floor_and_provenance(blobs: BlobDataModule, session_cache: Pa
     write_metrics_json(tmp_path / "metrics.json", metrics)
 
 
+class OneDiagnosisGenerator(BlobGenerator):
+    """Draws every sample as diagnosis 0, whatever the prompt asks (attributes and tone as prompted)."""
+
+    def generate(self, conditions, num_images, **kwargs):
+        return super().generate({**conditions, "label": torch.zeros_like(torch.as_tensor(conditions["label"]))}, num_images, **kwargs)
+
+
 def test_conditioning_accuracy_carries_its_references(blobs: BlobDataModule, session_cache: Path, tmp_path: Path) -> None:
     cfg = tiny_eval_cfg(session_cache)
     good = evaluate_generator(BlobGenerator(blobs.info), blobs, cfg, tmp_path / "good", extra={"seed": 0})
@@ -152,6 +159,16 @@ def test_conditioning_accuracy_carries_its_references(blobs: BlobDataModule, ses
     combo = cond["heldout"]["combo"]
     assert combo["n"] == 32 and combo["per_head"]["diagnosis"]["chance"] == 1.0  # every combo prompt is "blue"
     assert combo["per_head"]["diagnosis"]["accuracy"] > 0.8
+    # Balanced accuracy: the natural prompts' and the class-balanced set's, beside the judge's on real images.
+    for entry in (cond["diagnosis_balanced"], cond["balanced"]["diagnosis_balanced"]):
+        assert entry["chance"] == pytest.approx(1 / 3) and entry["ceiling"] > 0.8
+        assert entry["interval"][0] <= entry["accuracy"] <= entry["interval"][1]
+        assert entry["ratio_to_ceiling"] == pytest.approx(entry["accuracy"] / entry["ceiling"]) and entry["ratio_to_ceiling"] > 0.8
+    assert cond["balanced"]["n"] == 30 and [c["n"] for c in cond["balanced"]["per_class"].values()] == [10, 10, 10]
+    assert good["intervals"]["cond_accuracy.balanced.diagnosis_balanced"] == cond["balanced"]["diagnosis_balanced"]["interval"]
+    one_class = evaluate_generator(OneDiagnosisGenerator(blobs.info), blobs, cfg, tmp_path / "one", extra={"seed": 0})
+    ratio = one_class["cond_accuracy"]["balanced"]["diagnosis_balanced"]["ratio_to_ceiling"]
+    assert ratio < 0.5  # one diagnosis right of three: about a third of the judge's balanced accuracy
     details = json.loads((tmp_path / "good" / "eval" / "details.json").read_text())
     confusion = details["cond_confusion"]
     assert set(confusion) == {"label", "border", "skin_tone"}
