@@ -20,7 +20,7 @@ given conditions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from datamodules.info import DataInfo
 from models.conditioners import ConditionEmbedding
-from models.generative import Conditions, GenerativeModule, ReconstructionSettings, SamplingSettings
+from models.generative import Conditions, ReconstructionSettings, SamplingSettings, SingleLossModule
 from models.schedules import with_warmup_cosine
 
 
@@ -97,7 +97,7 @@ def spectrum_loss(prediction: Tensor, target: Tensor) -> Tensor:
     return F.l1_loss(amplitude(prediction), amplitude(target))
 
 
-class VAE(GenerativeModule):
+class VAE(SingleLossModule):
     """Convolutional VAE; unconditional by default, a conditional VAE with ``conditional: true``.
 
     Args:
@@ -178,16 +178,6 @@ class VAE(GenerativeModule):
         out["elbo_loss"] = mse + self.kl_weight * kl / pixels
         out["loss"] = loss
         return out
-
-    def training_losses(self, batch: dict[str, Any]) -> Iterator[Tensor]:
-        yield self._step(batch)["loss"]
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        out = self._step(batch)
-        size = batch["image"].shape[0]
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
-        self.log_dict({f"train/{k}": v for k, v in out.items() if k != "loss"}, batch_size=size)
-        return out["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         with torch.random.fork_rng(devices=[]):  # fixed posterior noise: val/loss moves only with the model

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from models.conditioners import Conditioner, Conditioning
 from models.containers import plain_dict
 from models.diffusion import DenoiseFn, NoiseProcess, classifier_free_guidance, sampler_name
 from models.first_stage import FirstStage
-from models.generative import Conditions, GenerativeModule, ReconstructionSettings, SamplingSettings
+from models.generative import Conditions, ReconstructionSettings, SamplingSettings, SingleLossModule
 from models.schedules import with_warmup_cosine
 from models.unets import patchify, unpatchify
 
@@ -49,7 +49,7 @@ def partial_setting(factory: Callable[..., Any], name: str) -> Any:
     return inspect.signature(factory).parameters[name].default
 
 
-class DiffusionModule(GenerativeModule):
+class DiffusionModule(SingleLossModule):
     """Diffusion on pixels or first-stage latents, conditioned through a pluggable conditioner.
 
     Args (the keys of ``experiments/configs/model/_diffusion.yaml`` and the model files on it):
@@ -204,18 +204,6 @@ class DiffusionModule(GenerativeModule):
         if extra is not None:
             out.update(extra[1], diffusion_loss=loss, loss=loss + extra[0])
         return out
-
-    def training_losses(self, batch: dict[str, Any]) -> Iterator[Tensor]:
-        yield self._step(batch)["loss"]
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        out = self._step(batch)
-        size = batch["image"].shape[0]
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
-        logged = {f"train/{k}": v for k, v in out.items() if k != "loss"}
-        if logged:
-            self.log_dict(logged, batch_size=size)
-        return out["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # Fixed noise and timesteps per batch, so val/loss moves only when the model does.

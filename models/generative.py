@@ -123,3 +123,24 @@ class GenerativeModule(L.LightningModule):
         for key in ("hyper_parameters", "datamodule_hyper_parameters"):
             if key in checkpoint:
                 checkpoint[key] = safe_container(dict(checkpoint[key]))
+
+
+class SingleLossModule(GenerativeModule):
+    """A generator whose training step is one backward pass of ``_step(batch)["loss"]``; the step logs the
+    loss on the progress bar and every other term of ``_step`` under ``train/`` (the VAE, the diffusion models)."""
+
+    def _step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def training_losses(self, batch: dict[str, Any]) -> Iterator[Tensor]:
+        yield self._step(batch)["loss"]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self._step(batch)
+        size = batch["image"].shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=size)
+        terms = {f"train/{k}": v for k, v in out.items() if k != "loss"}
+        if terms:
+            self.log_dict(terms, batch_size=size)
+        return out["loss"]
+
