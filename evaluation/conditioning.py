@@ -201,9 +201,10 @@ def conditioning_accuracy(
     label_heads = {LABEL_HEAD: judge.heads[LABEL_HEAD]}
     real_label_logits, real_labels = real.judge_logits[LABEL_HEAD], batch_targets(real.batch, label_heads)[LABEL_HEAD]
     block, head_intervals, nulls = accuracy_block(sets, weights, judge, real, real.judge_logits, cfg)
-    block["per_class"] = per_class(readings(sets, label_heads)[LABEL_HEAD], class_names, cfg)
+    diagnosis = readings(sets, label_heads)[LABEL_HEAD]
+    block["per_class"] = per_class(diagnosis, class_names, cfg)
     block["diagnosis_balanced"], head_intervals["diagnosis_balanced"] = balanced_entry(
-        readings(sets, label_heads)[LABEL_HEAD], weights, real_label_logits, real_labels, level)
+        diagnosis, weights, real_label_logits, real_labels, level)
     intervals = {f"cond_accuracy.{name}": value for name, value in head_intervals.items()}
     if isinstance(balanced, str):
         block["balanced"], nulls["balanced"] = None, balanced

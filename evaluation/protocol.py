@@ -70,38 +70,34 @@ def draw_sets(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, s
     return sets
 
 
-def draw_heldout(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, sampling: SamplingSettings | None, progress: bool) -> dict[str, Any]:
-    """Per held-out prompt kind: its sample set (first evaluation seed, judge only), or why there is none."""
+def draw_prompt_set(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, sampling: SamplingSettings | None,
+                    progress: bool, kind: str, n: int, setting: str, name: str) -> list[SampleSet] | str:
+    """The sample set of one extra prompt kind (first evaluation seed, judge only), or why there is none;
+    ``setting`` (the config key of ``n``) and ``name`` word that reason."""
     if not is_conditional(model):
-        return dict.fromkeys(HOLDOUTS, "an unconditional model takes no prompts")
-    out: dict[str, Any] = {}
-    n, seed = int(cfg["heldout"]["num_generated"]), int(cfg["seeds"][0])
-    for kind in HOLDOUTS:
-        if n <= 0:
-            out[kind] = "eval.heldout.num_generated is 0"
-            continue
-        try:
-            conditions = eval_conditions(datamodule, n, seed, resources.split, holdout=kind)
-        except ValueError as error:
-            out[kind] = f"no held-out {kind} prompts: {error}"
-            continue
-        out[kind] = [draw_sample_set(model, conditions, n, seed, resources, cfg, sampling, progress, features=False)]
-    return out
+        return "an unconditional model takes no prompts"
+    if n <= 0:
+        return f"{setting} is 0"
+    seed = int(cfg["seeds"][0])
+    try:
+        conditions = eval_conditions(datamodule, n, seed, resources.split, holdout=kind)
+    except ValueError as error:
+        return f"no {name} prompts: {error}"
+    return [draw_sample_set(model, conditions, n, seed, resources, cfg, sampling, progress, features=False)]
+
+
+def draw_heldout(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, sampling: SamplingSettings | None, progress: bool) -> dict[str, Any]:
+    """Per held-out prompt kind: its sample set, or why there is none."""
+    n = int(cfg["heldout"]["num_generated"])
+    return {kind: draw_prompt_set(model, datamodule, resources, cfg, sampling, progress, kind, n, "eval.heldout.num_generated", f"held-out {kind}")
+            for kind in HOLDOUTS}
 
 
 def draw_balanced(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, sampling: SamplingSettings | None,
                   progress: bool) -> list[SampleSet] | str:
-    """The class-balanced prompt set (first evaluation seed, judge only), or why there is none."""
-    n, seed = int(cfg["balanced"]["num_generated"]), int(cfg["seeds"][0])
-    if not is_conditional(model):
-        return "an unconditional model takes no prompts"
-    if n <= 0:
-        return "eval.balanced.num_generated is 0"
-    try:
-        conditions = eval_conditions(datamodule, n, seed, resources.split, holdout="balanced")
-    except ValueError as error:
-        return f"no class-balanced prompts: {error}"
-    return [draw_sample_set(model, conditions, n, seed, resources, cfg, sampling, progress, features=False)]
+    """The class-balanced prompt set, or why there is none."""
+    n = int(cfg["balanced"]["num_generated"])
+    return draw_prompt_set(model, datamodule, resources, cfg, sampling, progress, "balanced", n, "eval.balanced.num_generated", "class-balanced")
 
 
 def distribution_block(sets: list[SampleSet], resources: EvalResources, cfg: Any) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
