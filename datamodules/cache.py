@@ -29,11 +29,17 @@ def default_cache_dir() -> Path:
 
 
 class U8Images:
-    """A read-only (N, H, W, 3) uint8 array on disk, opened lazily (so it pickles into workers cheaply)."""
+    """A read-only (N, H, W, 3) uint8 array on disk, opened lazily (so it pickles into workers cheaply).
 
-    def __init__(self, path: Path, shape: tuple[int, ...]):
+    ``content`` hashes the pixels themselves: the data fingerprint uses it, so a copy of a data set
+    (new modification times, another disk, a node-local copy) keeps its fingerprint, its judge and
+    its resumable results, while the cache file name still follows file stats.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], content: str):
         self.path = Path(path)
         self.shape = tuple(shape)
+        self.content = content
         self._array: np.ndarray | None = None
 
     @property
@@ -59,7 +65,8 @@ class SelectedRows:
 
     def __init__(self, images: U8Images | SelectedRows, rows: np.ndarray):
         self.images, self.rows = images, np.asarray(rows, dtype=np.int64)
-        self.path = images.path  # the pixels' file, for fingerprints
+        self.path = images.path
+        self.content = images.content  # which rows are kept is part of the split's image ids
         self.shape = (len(self.rows), *images.shape[1:])
 
     def __len__(self) -> int:
@@ -67,6 +74,15 @@ class SelectedRows:
 
     def __getitem__(self, index: Any) -> np.ndarray:
         return self.images[self.rows[index]]
+
+
+def pixel_hash(path: Path) -> str:
+    """SHA-1 of an image array's shape and bytes, read in slices (a 64 px HAM10000 split hashes in ~0.2 s)."""
+    array = np.load(path, mmap_mode="r")
+    digest = hashlib.sha1(str(array.shape).encode())
+    for start in range(0, len(array), 1024):
+        digest.update(np.ascontiguousarray(array[start:start + 1024]).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def cache_key(key: dict[str, Any]) -> str:
@@ -90,7 +106,10 @@ def cached_images(
     path, meta_path = folder / f"{name}.npy", folder / f"{name}.json"
     if path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        return U8Images(path, tuple(meta["shape"])), meta.get("extra", {})
+        if "content" not in meta:  # written before pixel hashes were kept: hash once, keep it
+            meta["content"] = pixel_hash(path)
+            write_text_atomic(meta_path, json.dumps(meta, default=str))
+        return U8Images(path, tuple(meta["shape"]), meta["content"]), meta.get("extra", {})
 
     with atomic_path(path) as temp:
         out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
@@ -105,6 +124,8 @@ def cached_images(
         else:
             out.flush()
             del out
-    write_text_atomic(meta_path, json.dumps({"key": key, "shape": list(shape), "extra": extra}, default=str))
+    content = pixel_hash(path)
+    write_text_atomic(meta_path, json.dumps({"key": key, "shape": list(shape), "content": content, "extra": extra},
+                                            default=str))
     log.info("Cached %s images %s at %s", key.get("source"), tuple(shape), path)
-    return U8Images(path, tuple(shape)), extra
+    return U8Images(path, tuple(shape), content), extra

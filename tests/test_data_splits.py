@@ -38,3 +38,29 @@ def test_real_data_configs_default_split_seed_is_not_the_run_seed(source: str) -
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(overrides=[f"+data={source}", "+paths=default", "+seed=7"])
     assert cfg.data.seed == 7 and cfg.data.split_seed == 0
+
+
+def test_a_copy_of_the_data_set_keeps_its_fingerprint_and_an_edited_image_changes_it(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from PIL import Image
+
+    original = make_ham(tmp_path / "ham", lesions=30)
+    copy = tmp_path / "copied"
+    shutil.copytree(original, copy)  # byte-identical files with new modification times
+    for file in copy.rglob("*.jpg"):
+        os.utime(file, (1_000_000, 1_000_000))
+
+    def fingerprint(root: Path) -> str:
+        dm = module(tmp_path, source="ham10000", root=str(root))
+        dm.setup()
+        return dm.info.fingerprint
+
+    first = fingerprint(original)
+    assert fingerprint(copy) == first
+    assert len(list((tmp_path / "cache" / "images").glob("*.npy"))) == 6  # the decode cache follows file stats
+
+    edited = sorted(copy.rglob("*.jpg"))[0]
+    Image.new("RGB", Image.open(edited).size, (250, 10, 10)).save(edited)
+    assert fingerprint(copy) != first

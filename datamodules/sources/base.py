@@ -103,12 +103,13 @@ class SourceTable:
     def fingerprint(self) -> str:
         """Short hash of source, size, vocabulary, split membership and pixels (keys caches of derived results).
 
-        The image cache file names carry the content key (renderer version, preprocessing, file
-        stats), so a changed phantom renderer or re-processed photos never reuse a stale judge.
+        The pixels enter as a hash of the decoded arrays, so a changed phantom renderer or
+        re-processed photos never reuse a stale judge, and a byte-identical copy of the data set
+        (other modification times) is the same data.
         """
         text = json.dumps({"info": {**self.info.to_dict(), "fingerprint": ""},
                            "splits": {k: v.image_ids for k, v in self.splits.items()},
-                           "pixels": {k: v.images.path.name for k, v in self.splits.items()}}, sort_keys=True)
+                           "pixels": {k: v.images.content for k, v in self.splits.items()}}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
