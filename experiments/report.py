@@ -282,7 +282,9 @@ def _val_fd_curves(runs: list[dict[str, Any]]) -> dict[str, list[tuple[float, fl
         exp = str(run["metrics"].get("exp"))
         for path in sorted((run["dir"] / "logs").rglob("metrics.csv")) if exp not in curves else []:
             with open(path) as stream:
-                points = [(float(r["step"]), float(r["val/fd"])) for r in csv.DictReader(stream) if r.get("val/fd")]
+                logged = [(float(r["step"]), float(r["val/fd"])) for r in csv.DictReader(stream) if r.get("val/fd")]
+            # Lightning repeats a step metric at every logging step until the epoch ends: keep each value's first row.
+            points = [p for i, p in enumerate(logged) if i == 0 or p[1] != logged[i - 1][1]]
             if points:
                 curves[exp] = points
     return curves

@@ -91,3 +91,17 @@ def test_ablation_runs_get_their_own_table(tmp_path: Path) -> None:
     assert "| hybrid" in main_table and "ablation-fusion" not in main_table
     assert "| ablation-fusion-True | 0 | 9.00" in ablation_table
     assert "| ablation-fusion-False | 0 | 11.00" in ablation_table
+
+
+def test_val_fd_curve_keeps_one_point_per_computation(tmp_path: Path) -> None:
+    from experiments.report import _val_fd_curves
+
+    logs = tmp_path / "run" / "logs" / "csv"
+    logs.mkdir(parents=True)
+    rows = [(9, ""), (19, "5.0"), (29, "5.0"), (39, "5.0"), (49, "4.0"), (59, "4.0"), (69, "")]  # as Lightning writes them
+    with open(logs / "metrics.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["step", "val/fd"])
+        writer.writerows(rows)
+    curves = _val_fd_curves([{"dir": tmp_path / "run", "metrics": {"exp": "hybrid"}}])
+    assert curves == {"hybrid": [(19.0, 5.0), (49.0, 4.0)]}
