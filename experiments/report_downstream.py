@@ -85,6 +85,8 @@ def plot_deltas(results: dict[str, Any], path: Path) -> Path:
     """Δ balanced accuracy against ``real`` and ``real_balanced`` vs the real fraction: a line per arm, interval bars."""
     summary = results["summary"]
     figure, axes = plt.subplots(1, len(REFERENCES), figsize=(5 * len(REFERENCES), 3.6), sharey=True)
+    every_arm = sorted({arm for block in summary.values() for arm in block})
+    colours = {arm: f"C{index}" for index, arm in enumerate(every_arm)}  # an arm keeps its colour in both panels
     for axis, reference in zip(axes, REFERENCES):
         arms = sorted({arm for block in summary.values() for arm, entry in block.items() if f"delta_vs_{reference}" in entry})
         for offset, arm in enumerate(arms):
@@ -96,7 +98,7 @@ def plot_deltas(results: dict[str, Any], path: Path) -> Path:
             shift = 1 + 0.03 * (offset - (len(arms) - 1) / 2)  # side by side on the log axis, so bars do not hide each other
             xs, means = [f * shift for f, _ in points], [s["mean"] for _, s in points]
             errors = [[m - s["interval"][0] for m, (_, s) in zip(means, points)], [s["interval"][1] - m for m, (_, s) in zip(means, points)]]
-            axis.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=arm)
+            axis.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=arm, color=colours[arm])
         axis.axhline(0.0, color="grey", linewidth=0.8)
         axis.set_xscale("log")
         fractions = sorted(float(f) for f in summary)
