@@ -71,14 +71,14 @@ def draw_sets(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, s
 
 
 def draw_prompt_set(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, sampling: SamplingSettings | None,
-                    progress: bool, kind: str, n: int, setting: str, name: str) -> list[SampleSet] | str:
-    """The sample set of one extra prompt kind (first evaluation seed, judge only), or why there is none;
-    ``setting`` (the config key of ``n``) and ``name`` word that reason."""
+                    progress: bool, kind: str, section: str, name: str) -> list[SampleSet] | str:
+    """The sample set of one extra prompt kind (``eval.<section>.num_generated`` samples, first evaluation
+    seed, judge only), or why there is none, worded with ``name``."""
     if not is_conditional(model):
         return "an unconditional model takes no prompts"
+    n, seed = int(cfg[section]["num_generated"]), int(cfg["seeds"][0])
     if n <= 0:
-        return f"{setting} is 0"
-    seed = int(cfg["seeds"][0])
+        return f"eval.{section}.num_generated is 0"
     try:
         conditions = eval_conditions(datamodule, n, seed, resources.split, holdout=kind)
     except ValueError as error:
@@ -88,16 +88,14 @@ def draw_prompt_set(model: Any, datamodule: Any, resources: EvalResources, cfg: 
 
 def draw_heldout(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, sampling: SamplingSettings | None, progress: bool) -> dict[str, Any]:
     """Per held-out prompt kind: its sample set, or why there is none."""
-    n = int(cfg["heldout"]["num_generated"])
-    return {kind: draw_prompt_set(model, datamodule, resources, cfg, sampling, progress, kind, n, "eval.heldout.num_generated", f"held-out {kind}")
+    return {kind: draw_prompt_set(model, datamodule, resources, cfg, sampling, progress, kind, "heldout", f"held-out {kind}")
             for kind in HOLDOUTS}
 
 
 def draw_balanced(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, sampling: SamplingSettings | None,
                   progress: bool) -> list[SampleSet] | str:
     """The class-balanced prompt set, or why there is none."""
-    n = int(cfg["balanced"]["num_generated"])
-    return draw_prompt_set(model, datamodule, resources, cfg, sampling, progress, "balanced", n, "eval.balanced.num_generated", "class-balanced")
+    return draw_prompt_set(model, datamodule, resources, cfg, sampling, progress, "balanced", "balanced", "class-balanced")
 
 
 def distribution_block(sets: list[SampleSet], resources: EvalResources, cfg: Any) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
