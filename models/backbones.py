@@ -10,8 +10,10 @@ network is built as timm's ``tf_efficientnet_lite0`` (TensorFlow "same" padding,
 padding and eps 1e-5 and reads the same images a little less surely.
 
 Any other timm architecture takes a user's weights file (``pretrained=PATH``) or random
-initialisation (``pretrained=False``). Every backbone here expects ImageNet-normalised input:
-``imagenet_normalize`` maps the project's [-1, 1] images.
+initialisation (``pretrained=False``). Each network gets the input normalisation its own timm
+``pretrained_cfg`` names (``normalize_input``): ``tf_efficientnet_lite0`` was trained on [-1, 1]
+images (mean = std = 0.5), most other timm networks on ImageNet mean/std. Fine-tuning can absorb a
+wrong normalisation; a frozen backbone cannot.
 """
 
 from __future__ import annotations
@@ -22,18 +24,29 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's default where a pretrained_cfg names none
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WHEEL_BACKBONE = "efficientnet_lite0"
 _WHEEL_ARCHITECTURE = "tf_efficientnet_lite0"
 _IMAGENET_CLASSES = 1000
 
 
-def imagenet_normalize(images: Tensor) -> Tensor:
-    """(N, 3, H, W) in [-1, 1] -> ImageNet-normalised (N, 3, H, W), the backbones' input."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return ((images + 1) / 2 - mean) / std
+def input_mean_std(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std (on [0, 1] pixels) that ``backbone``'s timm config names."""
+    config = getattr(backbone, "pretrained_cfg", None) or {}
+    return tuple(config.get("mean", IMAGENET_MEAN)), tuple(config.get("std", IMAGENET_STD))
+
+
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """(N, 3, H, W) in [-1, 1] -> ((images in [0, 1]) - mean) / std, per channel."""
+    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return ((images + 1) / 2 - mean_t) / std_t
+
+
+def normalize_input(images: Tensor, backbone: nn.Module) -> Tensor:
+    """(N, 3, H, W) in [-1, 1] -> the input normalisation ``backbone`` was trained with."""
+    return normalize(images, *input_mean_std(backbone))
 
 
 def efficientnet_lite0_weights_path() -> Path:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.captions import ROMAN
 from datamodules.info import DataInfo
-from models.backbones import build_backbone, imagenet_normalize
+from models.backbones import build_backbone, normalize_input
 
 LABEL_HEAD = "label"
 SKIN_TONE_HEAD = "skin_tone"
@@ -164,7 +164,7 @@ class SkinClassifier(L.LightningModule):
         if size and images.shape[-1] != size:
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         if self.normalize:
-            images = imagenet_normalize(images)
+            images = normalize_input(images, self.backbone)
         return self.backbone(images)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:

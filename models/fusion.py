@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.sampling import class_quotas
-from models.backbones import build_backbone, imagenet_normalize
+from models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, normalize, normalize_input
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,18 @@ def frozen_backbone(name: str, pretrained: bool | str, seed: int) -> nn.Module:
     return model.requires_grad_(False).eval()
 
 
-def upgrade_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """Fusion settings of a checkpoint that names its CNN ``cnn`` (``cnn_seed``), read as today's keys.
+INPUT_NORMALIZATIONS = ("backbone", "imagenet")
 
-    Those checkpoints fed a timm network without weights on disk, i.e. the seeded random one,
-    the images at their own size: ``pretrained=False`` and ``input_size=None`` rebuild it.
+
+def upgrade_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Fusion settings of an earlier checkpoint, read as today's keys.
+
+    Checkpoints without ``input_normalization`` fed every backbone ImageNet mean/std and fitted
+    their PCA and retrieval table on those codes: ``imagenet`` rebuilds them. Those that name
+    their CNN ``cnn`` (``cnn_seed``) fed a timm network without weights on disk, i.e. the seeded
+    random one, the images at their own size: ``pretrained=False`` and ``input_size=None``.
     """
+    settings = {"input_normalization": "imagenet", **settings}
     if "cnn" not in settings:
         return settings
     upgraded = {k: v for k, v in settings.items() if k not in ("cnn", "cnn_seed")}
@@ -137,10 +143,14 @@ class FusionConditioner(nn.Module):
         weight: float = 0.5,
         max_fit_images: int = 512,
         backbone_seed: int = 0,
+        input_normalization: str = "backbone",
     ) -> None:
         super().__init__()
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"fusion.weight must be in [0, 1], got {weight}")
+        if input_normalization not in INPUT_NORMALIZATIONS:
+            raise ValueError(f"fusion.input_normalization must be one of {INPUT_NORMALIZATIONS}, got {input_normalization!r}")
+        self.input_normalization = input_normalization
         self.enabled, self.weight = enabled, weight
         self.attribute_names = tuple(attribute_names)
         self.text_components, self.visual_components = text_components, visual_components
@@ -165,6 +175,11 @@ class FusionConditioner(nn.Module):
     def output_dim(self) -> int:
         return self.text_components + (self.visual_components if self.enabled else 0)
 
+    def _normalize(self, images: Tensor) -> Tensor:
+        if self.input_normalization == "imagenet":
+            return normalize(images, IMAGENET_MEAN, IMAGENET_STD)
+        return normalize_input(images, self._cnn)
+
     @torch.no_grad()
     def image_features(self, images: Tensor, batch_size: int = 64) -> Tensor:
         """(N, 3, H, W) in [-1, 1] -> CNN pooled features (N, F) of the images at ``input_size`` (None: as given)."""
@@ -176,7 +191,7 @@ class FusionConditioner(nn.Module):
             x = images[start : start + batch_size].to(device).float()
             if self.input_size is not None and x.shape[-2:] != (self.input_size, self.input_size):
                 x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=x.shape[-1] > self.input_size)
-            chunks.append(self._cnn(imagenet_normalize(x)).float())
+            chunks.append(self._cnn(self._normalize(x)).float())
         return torch.cat(chunks)
 
     @torch.no_grad()

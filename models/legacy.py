@@ -30,10 +30,19 @@ def upgrade_run_config(config: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's stored run config with its ``model`` and ``data`` read in today's layout."""
     upgraded = dict(config)
     if isinstance(config.get("model"), dict):
-        upgraded["model"] = upgrade_model_config(config["model"])
+        upgraded["model"] = upgrade_fusion_normalization(upgrade_model_config(config["model"]))
     if isinstance(config.get("data"), dict) and "allow_upscale" not in config["data"]:
         upgraded["data"] = {**config["data"], "allow_upscale": False}  # the data module's former default
     return upgraded
+
+
+def upgrade_fusion_normalization(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """A hybrid config whose fusion predates ``input_normalization`` keeps the ImageNet normalisation it was fitted with."""
+    conditioner = model_cfg.get("conditioner")
+    fusion = conditioner.get("fusion") if isinstance(conditioner, dict) else None
+    if not isinstance(fusion, dict) or "input_normalization" in fusion:
+        return model_cfg
+    return {**model_cfg, "conditioner": {**conditioner, "fusion": upgrade_settings(fusion)}}
 
 
 def is_legacy(model_cfg: dict[str, Any]) -> bool:

