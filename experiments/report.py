@@ -9,14 +9,23 @@ feature space, another real set, another n), so each key gets its own table, hea
 and nothing is ever averaged across keys. Within a table, one row per ``exp``: the mean over its
 runs (training seeds) ± their standard deviation, and in brackets the mean of the runs' 95%
 bootstrap intervals. The floor (real-vs-real at the same n) stands beside every table. "—" marks
-figures a model cannot have. Each ``downstream.json`` of ``experiments.augment`` below the folder adds a
+figures a model cannot have. Runs of one ``exp`` whose configs differ in more than the training seed (an
+override such as ``model.conditioner.fusion.enabled=false``, or a re-evaluation's settings) are rows of their
+own, labelled by what sets them apart. Each ``downstream.json`` of ``experiments.augment`` below the folder adds a
 downstream section (``experiments.report_downstream``) with its plot of Δ balanced accuracy vs real fraction.
+
+``page=docs/results/NAME.md`` also writes the report as a results page: the command that made it, the
+provenance of every run folder (commit, data fingerprint, judge, split, n, steps) and the per-diagnosis
+figures, with its plots beside it, so the docs' tables come from runs and not from hand typing.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import shlex
+import shutil
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -91,15 +100,59 @@ def figures_of(run_dir: Path, metrics: dict[str, Any]) -> dict[str, tuple[float 
     return out
 
 
-def collect_runs(root: Path) -> list[dict[str, Any]]:
+def collect_runs(root: Path, select: str = "**/metrics.json") -> list[dict[str, Any]]:
     runs = []
-    for path in sorted(root.rglob("metrics.json")):
+    for path in sorted(root.glob(select)):
         metrics = read_metrics_json(path)
         runs.append({
             "dir": path.parent, "metrics": metrics, "figures": figures_of(path.parent, metrics),
-            "ablation": ablation_of(path.parent), "key": comparability_key(metrics),
+            "ablation": ablation_of(path.parent), "key": comparability_key(metrics), "settings": settings_of(path.parent, metrics),
         })
+    label_variants(runs)
     return runs
+
+
+# Config keys that never make two runs different experiments: seeds, paths, bookkeeping, provenance.
+NOT_A_VARIANT = ("seed", "data.seed", "callbacks.samples.seed", "paths.", "provenance.", "resume", "tags", "logger.",
+                 "hydra.", "trainer.max_time", "memory_estimate", "callbacks.", "cache_dir", "data.cache_dir",
+                 "eval.cache_dir", "model.conditioner.text_encoder.cache_dir", "data.num_workers", "trainer.enable_progress_bar")
+# Re-evaluation overrides that only say where to read and write.
+NOT_AN_EVAL_VARIANT = ("ckpt", "out", "overwrite")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: str(node)}
+
+
+def settings_of(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The run's resolved config (flattened, without seeds and bookkeeping) and a re-evaluation's overrides."""
+    evaluation = run_dir.parent.name == "eval"
+    config = (run_dir.parent.parent if evaluation else run_dir) / "config.yaml"
+    flat = _flatten(OmegaConf.to_container(OmegaConf.load(config), resolve=False)) if config.is_file() else {}
+    settings = {k: v for k, v in flat.items() if not any(k == n or k.startswith(n) for n in NOT_A_VARIANT)}
+    if evaluation:
+        for override in (metrics.get("provenance") or {}).get("overrides") or []:
+            key, _, value = str(override).lstrip("+~").partition("=")
+            if key not in NOT_AN_EVAL_VARIANT:
+                settings[f"evaluate {key}"] = value
+    return settings
+
+
+def label_variants(runs: list[dict[str, Any]]) -> None:
+    """``variant``: the settings in which a run differs from other runs of its exp (empty when none)."""
+    by_exp: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        by_exp[str(run["metrics"].get("exp") or run["dir"].name)].append(run)
+    for group in by_exp.values():
+        keys = set().union(*(run["settings"] for run in group))
+        differing = sorted(k for k in keys if len({run["settings"].get(k) for run in group}) > 1)
+        for run in group:
+            run["variant"] = ", ".join(f"{k}={run['settings'].get(k)}" for k in differing)
 
 
 def ablation_of(run_dir: Path) -> str | None:
@@ -139,7 +192,8 @@ def group_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise ValueError(f"runs with different comparability keys cannot be averaged: {sorted(map(str, keys))}")
     by_exp: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        by_exp[str(run["metrics"].get("exp") or run["dir"].name)].append(run)
+        name = str(run["metrics"].get("exp") or run["dir"].name)
+        by_exp[f"{name} ({run['variant']})" if run.get("variant") else name].append(run)
     rows = []
     for exp, group in sorted(by_exp.items()):
         row: dict[str, Any] = {"exp": exp, "seeds": sorted({r["metrics"].get("seed") for r in group}, key=str), "runs": len(group)}
@@ -189,10 +243,10 @@ def section_lines(index: int, key: tuple[Any, ...], runs: list[dict[str, Any]]) 
     return lines
 
 
-def build_report(root: str | Path) -> Path:
-    """Write ``report.md``, ``report.csv`` and ``plots/`` under ``root``; return the report.md path."""
+def build_report(root: str | Path, select: str = "**/metrics.json", page: str | Path | None = None, title: str | None = None) -> Path:
+    """Write ``report.md``, ``report.csv`` and ``plots/`` under ``root`` (and the results ``page``); return report.md's path."""
     root = Path(root)
-    runs = collect_runs(root)
+    runs = collect_runs(root, select)
     plot_dir = root / "plots"
     downstream = downstream_sections(root, plot_dir)
     if not runs and not downstream:
@@ -221,7 +275,62 @@ def build_report(root: str | Path) -> Path:
     report = root / "report.md"
     report.write_text("\n".join(lines) + "\n")
     write_csv(root / "report.csv", ordered)
+    if page is not None:
+        write_page(Path(page), title or root.name, lines, runs, plots)
     return report
+
+
+def provenance_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per run folder: what was run, on which data and code, read on which split at which n."""
+    lines = ["| run folder | exp | training seed | split | n real / generated | train steps | stopped by | commit | data fingerprint | judge |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        m, provenance = run["metrics"], run["metrics"].get("provenance") or {}
+        git = provenance.get("git") or {}
+        commit = str(git.get("commit") or "?")[:10] + (" (dirty)" if git.get("dirty") else "")
+        exp = str(m.get("exp")) + (f" ({run['variant']})" if run.get("variant") else "")
+        lines.append(
+            f"| `{run['dir']}` | {exp} | {m.get('seed')} | {m.get('eval_split')} | {m.get('num_real')} / {m.get('num_generated')} | "
+            f"{m.get('train_steps')} | {(provenance.get('training') or {}).get('stopped_by', DASH)} | {commit} | "
+            f"{str(provenance.get('data_fingerprint'))[:12]} | {provenance.get('judge') or DASH} |"
+        )
+    return lines
+
+
+def per_class_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """The judge's reading of each prompted diagnosis on the class-balanced prompt set, Wilson intervals, per run."""
+    tables = [(run, ((run["metrics"].get("cond_accuracy") or {}).get("balanced") or {}).get("per_class") or {}) for run in runs]
+    tables = [(run, table) for run, table in tables if table]
+    if not tables:
+        return []
+    classes = sorted({name for _, table in tables for name in table})
+    lines = ["## Per diagnosis, class-balanced prompts", "",
+             "The judge's reading of each prompted diagnosis (accuracy [95 % Wilson interval], n prompts).", "",
+             "| run | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for run, table in tables:
+        cells = []
+        for name in classes:
+            entry = table.get(name) or {}
+            accuracy, interval = _number(entry.get("accuracy")), entry.get("interval")
+            bracket = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
+            cells.append(DASH if accuracy is None else f"{accuracy:.2f}{bracket} ({entry.get('n')})")
+        lines.append(f"| {run['metrics'].get('exp')} {run.get('variant') or ''} seed {run['metrics'].get('seed')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_page(page: Path, title: str, report_lines: list[str], runs: list[dict[str, Any]], plots: list[Path]) -> None:
+    """The report as a results page under docs/: the command, each run's provenance, the tables, the plots."""
+    page.parent.mkdir(parents=True, exist_ok=True)
+    plot_dir = page.parent / page.stem
+    if plots:
+        plot_dir.mkdir(exist_ok=True)
+        for plot in plots:
+            shutil.copyfile(plot, plot_dir / plot.name)
+    body = [line.replace("](plots/", f"]({page.stem}/") for line in report_lines[1:]]
+    made_by = "python -m experiments.report " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    lines = [f"# {title}", "", f"Written by `{made_by}` from {len(runs)} evaluation folders; do not edit by hand.", "",
+             "## Runs", "", *provenance_lines(runs), "", *body, "", *per_class_lines(runs)]
+    page.write_text("\n".join(lines).rstrip() + "\n")
 
 
 def write_csv(path: Path, groups: list[tuple[tuple[Any, ...], list[dict[str, Any]]]]) -> None:
@@ -299,7 +408,7 @@ def _save(figure: Any, path: Path) -> Path:
 
 @command("report", positional="root")
 def main(cfg: DictConfig) -> None:
-    print(build_report(cfg.root))
+    print(build_report(cfg.root, cfg.select, cfg.page, cfg.title))
 
 
 if __name__ == "__main__":

@@ -105,3 +105,29 @@ def test_val_fd_curve_keeps_one_point_per_computation(tmp_path: Path) -> None:
         writer.writerows(rows)
     curves = _val_fd_curves([{"dir": tmp_path / "run", "metrics": {"exp": "hybrid"}}])
     assert curves == {"hybrid": [(19.0, 5.0), (49.0, 4.0)]}
+
+
+def test_runs_that_differ_in_more_than_the_seed_are_rows_of_their_own(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        for enabled in (True, False):
+            run_dir = _run(tmp_path, "hybrid", seed, fid=10.0 + 4 * enabled + seed, ssim=0.5, cond=0.8, folder=f"f{enabled}_s{seed}")
+            config = {"seed": seed, "paths": {"output_dir": str(run_dir)}, "model": {"conditioner": {"fusion": {"enabled": enabled}}}}
+            (run_dir / "config.yaml").write_text(json.dumps(config))
+    rows = {row["exp"]: row for row in group_rows(collect_runs(tmp_path))}
+    assert set(rows) == {"hybrid (model.conditioner.fusion.enabled=True)", "hybrid (model.conditioner.fusion.enabled=False)"}
+    assert rows["hybrid (model.conditioner.fusion.enabled=True)"]["fid"]["value"][:2] == pytest.approx((14.5, 0.7071), abs=1e-3)
+    assert rows["hybrid (model.conditioner.fusion.enabled=False)"]["seeds"] == [0, 1]
+
+
+def test_results_page_names_its_command_and_every_run_folder(tmp_path: Path) -> None:
+    runs, page = tmp_path / "runs", tmp_path / "docs" / "results" / "demo.md"
+    first = _run(runs, "hybrid", 0, fid=10.0, ssim=0.5, cond=0.8)
+    second = _run(runs, "gan", 0, fid=30.0, ssim=None, cond=None)
+    build_report(runs, page=page, title="Demo results")
+    text = page.read_text()
+    assert text.startswith("# Demo results") and "python -m experiments.report" in text
+    assert f"`{first}`" in text and f"`{second}`" in text and "| val | 100 / 100 |" in text
+    assert "Floor (100 real test images" in text
+    assert (page.parent / "demo" / "bar_fid.png").is_file() and "](demo/bar_fid.png)" in text
+    build_report(runs, select="hybrid/*/metrics.json", page=page)
+    assert f"`{second}`" not in page.read_text()
