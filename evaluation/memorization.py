@@ -1,11 +1,13 @@
 """Memorization: is a generated image closer to a training image than real unseen images ever are?
 
-The reference is the whole training split as stored (no training augmentation: a flipped or
-brightened reference would hide a true copy), reduced once to thumbnails and judge features and
-cached by data fingerprint. For every generated image the distance to its nearest training image is
-measured in pixels (RMS over ``pixel_size`` thumbnails, so sizes compare) and in the judge's
-feature space; the same is measured for the real images of the evaluation split (the baseline:
-what "close" means for images the model never saw). A generated image counts as a copy when its
+The reference is the whole training split as stored, reduced once to thumbnails and judge features
+and cached by data fingerprint. The model trained on the eight poses the augmentation produces (flips
+and 90-degree rotations), so it can return a training image in any of them: in pixels, every query is
+compared in all eight poses and its nearest training image is the nearest over them. For every
+generated image the distance to its nearest training image is measured in pixels (RMS over
+``pixel_size`` thumbnails, so sizes compare) and in the judge's feature space (the stored pose); the
+same is measured for the real images of the evaluation split (the baseline: what "close" means for
+images the model never saw; ``real_copy_rate``). A generated image counts as a copy when its
 nearest-neighbour distance is below ``threshold_ratio`` times the baseline's median; the baseline's
 own copy rate at that threshold says whether the threshold is safe (it should be zero).
 """
@@ -33,6 +35,22 @@ def pixel_vectors(images: Tensor, size: int) -> Tensor:
         images = F.interpolate(images.float(), size=(side, side), mode="area")
     flat = images.float().flatten(1)
     return flat / math.sqrt(flat.shape[1])
+
+
+def poses(images: Tensor) -> list[Tensor]:
+    """The eight poses of (N, C, H, W) square images: four 90-degree rotations, each also flipped left-right."""
+    rotations = [torch.rot90(images, k, dims=(-2, -1)) for k in range(4)]
+    return rotations + [torch.flip(rotated, dims=(-1,)) for rotated in rotations]
+
+
+def nearest_in_any_pose(images: Tensor, references: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Distance to and index of the nearest reference thumbnail over the eight poses of each image (N, 3, H, W)."""
+    best_distance, best_index = nearest(pixel_vectors(images, size), references)
+    for posed in poses(images)[1:]:
+        distance, index = nearest(pixel_vectors(posed, size), references)
+        closer = distance < best_distance
+        best_distance, best_index = torch.where(closer, distance, best_distance), torch.where(closer, index, best_index)
+    return best_distance, best_index
 
 
 def nearest(queries: Tensor, references: Tensor, chunk: int = 512) -> tuple[Tensor, Tensor]:
@@ -82,10 +100,10 @@ def _summary(generated: Tensor, baseline: Tensor, ratio: float) -> dict[str, Any
         "copy_rate": float((generated < threshold).float().mean()),
         "threshold": threshold,
         "nn_distance_median": float(generated.median()),
-        "test_copy_rate": float((baseline < threshold).float().mean()),
-        "test_nn_distance_median": float(baseline.median()),
+        "real_copy_rate": float((baseline < threshold).float().mean()),
+        "real_nn_distance_median": float(baseline.median()),
         "nn_distance_quantiles": [float(q) for q in torch.quantile(generated.double(), quantiles.double())],
-        "test_nn_distance_quantiles": [float(q) for q in torch.quantile(baseline.double(), quantiles.double())],
+        "real_nn_distance_quantiles": [float(q) for q in torch.quantile(baseline.double(), quantiles.double())],
     }
 
 
@@ -101,14 +119,15 @@ def memorization_report(
     """
     size, ratio = int(settings["pixel_size"]), float(settings["threshold_ratio"])
     pixels = reference["pixels"].float()
-    generated_nn, _ = nearest(pixel_vectors(generated, size), pixels)
-    baseline_nn, _ = nearest(pixel_vectors(held_out, size), pixels)
+    generated_nn, _ = nearest_in_any_pose(generated, pixels, size)
+    baseline_nn, _ = nearest_in_any_pose(held_out, pixels, size)
     feature_nn, feature_index = nearest(generated_features, reference["features"])
     feature_baseline, _ = nearest(held_out_features, reference["features"])
     report = {
         **_summary(generated_nn, baseline_nn, ratio),
         "reference": f"train split, un-augmented, {pixels.shape[0]} images",
-        "space": f"pixel RMS on {min(size, generated.shape[-1])}-px thumbnails in [-1, 1]",
+        "space": f"pixel RMS on {min(size, generated.shape[-1])}-px thumbnails in [-1, 1], nearest over the 8 poses "
+                 "(flips, 90-degree rotations) of the training augmentation",
         "threshold_rule": f"{ratio:g} x median nearest-training-image distance of real {split} images",
         "baseline": f"real {split} images ({held_out.shape[0]})",
         "num_generated": int(generated.shape[0]),

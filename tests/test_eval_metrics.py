@@ -15,7 +15,7 @@ from skimage.metrics import structural_similarity as sk_ssim
 
 from evaluation.fid import frechet_distance, kernel_inception_distance, precision_recall
 from evaluation.groups import per_skin_tone
-from evaluation.memorization import memorization_report
+from evaluation.memorization import memorization_report, nearest_in_any_pose
 from evaluation.reconstruction import image_quality
 from evaluation.schema import METRIC_KEYS, empty_metrics, read_metrics_json, write_metrics_json
 
@@ -126,11 +126,30 @@ def test_memorization_finds_a_planted_copy_and_no_held_out_copies() -> None:
     report, distances, nearest_index = memorization_report(
         generated, generated.flatten(1)[:, :20], held_out, held_out.flatten(1)[:, :20], reference, settings, "val"
     )
-    assert report["copy_rate"] == pytest.approx(1 / 30) and report["test_copy_rate"] == 0.0
-    assert report["threshold"] == pytest.approx(0.2 * report["test_nn_distance_median"])
-    assert report["feature"]["copy_rate"] == pytest.approx(1 / 30) and report["feature"]["test_copy_rate"] == 0.0
+    assert report["copy_rate"] == pytest.approx(1 / 30) and report["real_copy_rate"] == 0.0
+    assert report["threshold"] == pytest.approx(0.2 * report["real_nn_distance_median"])
+    assert report["feature"]["copy_rate"] == pytest.approx(1 / 30) and report["feature"]["real_copy_rate"] == 0.0
     assert int(nearest_index[7]) == 123 and float(distances[7]) == pytest.approx(0.0, abs=1e-6)
     assert report["reference"] == "train split, un-augmented, 200 images"
+
+
+@pytest.mark.parametrize("pose", ["rot90", "rot180", "flip", "flip_rot270"])
+def test_memorization_finds_a_copy_in_any_pose_of_the_augmentation(pose: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    train = torch.rand(100, 3, 16, 16, generator=generator) * 2 - 1
+    reference = {"pixels": (train.flatten(1) / math.sqrt(3 * 16 * 16)).half(), "features": train.flatten(1)[:, :20]}
+    held_out = torch.rand(40, 3, 16, 16, generator=generator) * 2 - 1
+    generated = torch.rand(20, 3, 16, 16, generator=generator) * 2 - 1
+    copy = train[42]
+    posed = {"rot90": torch.rot90(copy, 1, (-2, -1)), "rot180": torch.rot90(copy, 2, (-2, -1)), "flip": torch.flip(copy, (-1,)),
+             "flip_rot270": torch.flip(torch.rot90(copy, 3, (-2, -1)), (-2,))}[pose]
+    generated[3] = posed
+    report, _, _ = memorization_report(
+        generated, generated.flatten(1)[:, :20], held_out, held_out.flatten(1)[:, :20], reference, {"pixel_size": 32, "threshold_ratio": 0.2}, "val"
+    )
+    assert report["copy_rate"] == pytest.approx(1 / 20) and report["real_copy_rate"] == 0.0
+    distance, index = nearest_in_any_pose(generated[3:4], reference["pixels"].float(), 32)
+    assert int(index) == 42 and float(distance) == pytest.approx(0.0, abs=2e-3)  # half-precision reference
 
 
 def test_per_skin_tone_groups_and_worst() -> None:

@@ -199,7 +199,7 @@ def test_memorization_finds_a_memorizing_generator(blobs: BlobDataModule, sessio
     cfg = tiny_eval_cfg(session_cache, num_generated=20)
     copies = evaluate_generator(CopyGenerator(blobs.info, training), blobs, cfg, tmp_path / "copies")["memorization"]
     assert copies["copy_rate"] == 1.0 and copies["nn_distance_median"] == pytest.approx(0.0, abs=1e-3)
-    assert copies["test_copy_rate"] == 0.0 and copies["test_nn_distance_median"] > copies["threshold"] > 0
+    assert copies["real_copy_rate"] == 0.0 and copies["real_nn_distance_median"] > copies["threshold"] > 0
     assert copies["reference"] == f"train split, un-augmented, {len(blobs.train_set)} images"
     noise = evaluate_generator(NoiseGenerator(blobs.info), blobs, cfg, tmp_path / "noise")["memorization"]
     assert noise["copy_rate"] == 0.0
