@@ -118,7 +118,8 @@ def distribution_block(sets: list[SampleSet], resources: EvalResources, cfg: Any
     ))
     if resources.floor is not None:
         floor = resources.floor
-        metrics["floor"] = floor_scores(real.features[primary.name], floor.features[primary.name], weights[0], cfg, floor.split, resources.split)
+        metrics["floor"] = floor_scores(real.features[primary.name], floor.features[primary.name], weights[0], cfg, floor.split, resources.split,
+                                        int(cfg["num_generated"]))
         if domain is not primary:
             metrics["floor"]["fd_domain"] = frechet_distance(real.features[domain.name], floor.features[domain.name])
     return metrics, intervals, weights
@@ -218,7 +219,7 @@ def eval_settings(model: Any, cfg: Any, resources: EvalResources, sampling: Samp
                   settings: ReconstructionSettings, budget: str | None) -> dict[str, Any]:
     """``provenance.eval``: what was sampled, how many, against what."""
     return {
-        "split": resources.split, "floor_split": FLOOR_SPLIT[resources.split] if resources.floor is not None else None,
+        "split": resources.split, "floor_split": FLOOR_SPLIT if resources.floor is not None else None,
         "n": int(cfg["num_generated"]), "num_real": resources.real.size, "seeds": [int(s) for s in cfg["seeds"]],
         **model.sampling_description(sampling),
         "reconstruction": {"strength": settings.strength, "projection_steps": settings.projection_steps, "num": int(cfg["num_recon"])},

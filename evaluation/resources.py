@@ -6,9 +6,12 @@ before training starts (``callbacks.evaluate.Evaluate.setup``), so neither ``val
 training clock pays for it. Its timing goes to ``provenance.setup`` in metrics.json.
 
 The real set is a fixed (seed 0) subset of the evaluation split (``eval.split``: ``val`` for
-development and tuning, ``test`` for final tables). The floor's set is a subset of the other
-held-out split with as many images as each generated set, so that real-vs-real figures are at the
-same n as the model's (FD and KID depend on n).
+development and tuning, ``test`` for final tables). The floor's set is a fixed subset of the training
+split (un-augmented) with as many images as each generated set, scored against that same real set:
+real-vs-real at the same n as the model's figure (FD and KID depend on n), what a generator that
+draws exactly from the training distribution would score, and it never reads the other held-out
+split (a validation figure's floor must not touch the test images). Where the training split is
+smaller than a generated set, the floor's n is smaller and says so.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from evaluation.data import cache_root, collect, split_hash
+from evaluation.data import cache_root, collect, split_hash, unaugmented
 from evaluation.distributed import rank_and_world, rank_zero_first
 from evaluation.features import DomainFeatures, FeatureExtractor, build_feature_extractor, extract
 from evaluation.fid import RealFeatureCache
 from evaluation.judge import Judge, load_or_train_judge
 
 SPLITS = ("val", "test")
-FLOOR_SPLIT = {"val": "test", "test": "val"}
+FLOOR_SPLIT = "train"
 
 
 @dataclass
@@ -78,8 +81,9 @@ def split_dataset(datamodule: Any, split: str) -> Any:
 def real_features(extractor: FeatureExtractor, datamodule: Any, split: str, images: Tensor, eval_cfg: Any, progress: bool) -> tuple[Tensor, bool]:
     """Features of real ``images`` of a split (from the cache when computed before) and whether they were cached."""
     info = datamodule.info
+    dataset = datamodule.train_set if split == FLOOR_SPLIT else split_dataset(datamodule, split)
     key = RealFeatureCache.key(
-        data=info.fingerprint or info.to_dict(), split=split, members=split_hash(split_dataset(datamodule, split)),
+        data=info.fingerprint or info.to_dict(), split=split, members=split_hash(dataset),
         num=int(images.shape[0]), size=info.image_size, extractor=extractor.provenance(),
     )
     cache = RealFeatureCache(cache_root(eval_cfg))
@@ -94,7 +98,8 @@ def real_features(extractor: FeatureExtractor, datamodule: Any, split: str, imag
 
 def real_set(datamodule: Any, split: str, num: int | None, extractors: list[FeatureExtractor], eval_cfg: Any, progress: bool) -> tuple[RealSet, bool]:
     """A fixed subset of a split with its features in every extractor's space; True if all came from the cache."""
-    chosen = RealSet(split, collect(split_dataset(datamodule, split), num, seed=0, progress=progress))
+    dataset = unaugmented(datamodule.train_set) if split == FLOOR_SPLIT else split_dataset(datamodule, split)
+    chosen = RealSet(split, collect(dataset, num, seed=0, progress=progress))
     cached = True
     for extractor in extractors:
         chosen.features[extractor.name], hit = real_features(extractor, datamodule, split, chosen.batch["image"], eval_cfg, progress)
@@ -104,9 +109,9 @@ def real_set(datamodule: Any, split: str, num: int | None, extractors: list[Feat
 
 def prepare_evaluation(datamodule: Any, eval_cfg: Any, device: str | torch.device = "cpu", progress: bool = True) -> EvalResources:
     """Train or load the judge, build the extractors, gather the real sets; time each part."""
-    if any(getattr(datamodule, f"{name}_set", None) is None for name in ("train", *SPLITS)):
-        datamodule.setup()
     split = str(eval_cfg["split"])
+    if any(getattr(datamodule, f"{name}_set", None) is None for name in ("train", split if split in SPLITS else "val")):
+        datamodule.setup()
     split_dataset(datamodule, split)  # fail on a bad split before any work
     start = time.perf_counter()
     with rank_zero_first():  # rank 0 trains and caches the judge; the others load it
@@ -121,7 +126,7 @@ def prepare_evaluation(datamodule: Any, eval_cfg: Any, device: str | torch.devic
         real.judge_logits = judge.logits(real.batch["image"])
         floor = None
         if eval_cfg["floor"]:
-            floor, floor_cached = real_set(datamodule, FLOOR_SPLIT[split], int(eval_cfg["num_generated"]), extractors, eval_cfg, progress)
+            floor, floor_cached = real_set(datamodule, FLOOR_SPLIT, int(eval_cfg["num_generated"]), extractors, eval_cfg, progress)
             cached = cached and floor_cached
     timing = {
         "judge_s": round(judge_s, 2), "real_features_s": round(time.perf_counter() - start, 2),

@@ -79,13 +79,15 @@ def spread(per_seed: dict[str, list[float]]) -> dict[str, float | None]:
     return {key: statistics.stdev(values) if len(values) > 1 else None for key, values in per_seed.items()}
 
 
-def floor_scores(real: Tensor, floor: Tensor, real_weights: Tensor, cfg: Any, floor_split: str, eval_split: str) -> dict[str, Any]:
-    """The ``floor`` entry: real-vs-real figures at the generated sets' n, with intervals."""
+def floor_scores(real: Tensor, floor: Tensor, real_weights: Tensor, cfg: Any, floor_split: str, eval_split: str, num_generated: int) -> dict[str, Any]:
+    """The ``floor`` entry: real-vs-real figures at the generated sets' n (or fewer, said), with intervals."""
     scores = distribution_scores(real, [floor], [0], [real_weights, *bootstrap_weights([floor.shape[0]], cfg, stream=1)], cfg)
+    n = int(floor.shape[0])
+    size = "as many as each generated set" if n == num_generated else f"fewer than the {num_generated} of each generated set: the whole {floor_split} split"
     return {
         **{key: scores["figures"][key] for key in DISTRIBUTION_KEYS},
         "intervals": scores["intervals"],
-        "n": int(floor.shape[0]), "num_real": int(real.shape[0]),
-        "definition": f"{floor.shape[0]} real {floor_split} images (as many as each generated set) against the "
+        "n": n, "num_generated": int(num_generated), "num_real": int(real.shape[0]), "reference": f"{floor_split} vs {eval_split}",
+        "definition": f"{n} real {floor_split} images, un-augmented ({size}), against the "
                       f"{real.shape[0]} real {eval_split} images the models are compared with",
     }

@@ -67,7 +67,7 @@ def test_evaluate_on_test_writes_a_new_folder_and_leaves_the_run_alone(hybrid_ru
     before = {p: p.stat().st_mtime_ns for p in output_dir.rglob("*") if p.is_file()}
     metrics = _evaluate(f"ckpt={ckpt}", "eval.split=test", f"out={tmp_path / 'final'}")
     written = json.loads((tmp_path / "final" / "metrics.json").read_text())
-    assert written["eval_split"] == metrics["eval_split"] == "test" and written["floor"]["definition"].startswith(f"{written['num_generated']} real val")
+    assert written["eval_split"] == metrics["eval_split"] == "test" and written["floor"]["definition"].startswith(f"{written['num_generated']} real train") and written["floor"]["reference"] == "train vs test"
     assert written["provenance"]["eval"]["split"] == "test"
     assert "eval.split=test" in written["provenance"]["overrides"] and written["provenance"]["checkpoint"]["path"] == str(ckpt)
     assert {p: p.stat().st_mtime_ns for p in output_dir.rglob("*") if p.is_file()} == before  # the run folder is untouched

@@ -114,10 +114,10 @@ def test_intervals_floor_and_provenance(blobs: BlobDataModule, session_cache: Pa
     assert 0.0 <= intervals["fid"][0] and 0.0 <= intervals["precision"][0] <= intervals["precision"][1] <= 1.0
     assert "bootstrap" in intervals["method"]
     floor = metrics["floor"]
-    assert floor["n"] == 64 and "test" in floor["definition"] and "val" in floor["definition"]
-    resources = prepare_evaluation(blobs, cfg)  # the same cached real sets: the floor is FD(real test subset, real val)
+    assert floor["n"] == floor["num_generated"] == 64 and floor["reference"] == "train vs val" and "test" not in floor["definition"]
+    resources = prepare_evaluation(blobs, cfg)  # the same cached real sets: the floor is FD(real training subset, real val)
     name = resources.primary.name
-    assert resources.floor.split == "test" and resources.floor.size == 64
+    assert resources.floor.split == "train" and resources.floor.size == 64
     assert floor["fid"] == pytest.approx(frechet_distance(resources.real.features[name], resources.floor.features[name]))
     assert set(floor["intervals"]) == {"fid", "kid_mean", "precision", "recall"}
     provenance = metrics["provenance"]
@@ -221,3 +221,29 @@ def test_confusion_tables_count_prompted_against_read_values() -> None:
     # A head that no prompt names gets an all-zero table, not an error.
     unnamed = confusion_by_head({"attr:border": logits["attr:border"]}, {"attr:border": torch.full((6,), -1)}, info)
     assert unnamed["border"]["prompted_by_read"] == [[0, 0], [0, 0]]
+
+
+class NoTestSplit(BlobDataModule):
+    """A data module whose test split must not be read (a validation figure may not look at it)."""
+
+    @property
+    def test_set(self):  # type: ignore[override]
+        raise AssertionError("the validation evaluation read the test split")
+
+    @test_set.setter
+    def test_set(self, value) -> None:
+        pass
+
+
+def test_a_validation_floor_never_reads_the_test_split(session_cache: Path, tmp_path: Path) -> None:
+    blobs = NoTestSplit(size=16)
+    cfg = tiny_eval_cfg(session_cache, heldout={"num_generated": 0}, balanced={"num_generated": 0})
+    metrics = evaluate_generator(BlobGenerator(blobs.info, noise=0.2), blobs, cfg, tmp_path, extra={"seed": 0}, budget="tiny")
+    assert metrics["eval_split"] == "val" and metrics["floor"]["reference"] == "train vs val"
+
+
+def test_a_floor_smaller_than_the_generated_sets_says_so(session_cache: Path, tmp_path: Path) -> None:
+    blobs = BlobDataModule(size=16, num_train=48)
+    cfg = tiny_eval_cfg(session_cache, heldout={"num_generated": 0}, balanced={"num_generated": 0}, memorization={"enabled": False})
+    floor = evaluate_generator(BlobGenerator(blobs.info, noise=0.2), blobs, cfg, tmp_path, extra={"seed": 0}, budget="tiny")["floor"]
+    assert floor["n"] == 48 and floor["num_generated"] == 64 and "fewer than the 64" in floor["definition"]
