@@ -172,12 +172,14 @@ def evaluate_generator(
     model: Any, datamodule: Any, eval_cfg: Any, out_dir: str | Path, *, extra: dict[str, Any] | None = None,
     resources: EvalResources | None = None, sampling: SamplingSettings | None = None,
     checkpoint: str | Path | None = None, overrides: list[str] | None = None, budget: str | None = None,
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` against the real ``eval.split`` of ``datamodule``; return the metrics.json dict.
 
     ``extra`` supplies what only the runner knows (exp, data, seed, train_steps, train_time_s);
     ``resources`` the prepared set-up (prepared here when None); ``sampling`` the sampler settings;
-    ``checkpoint``, ``overrides`` and ``budget`` go to the provenance. Rank 0 writes ``out_dir/eval/``;
+    ``checkpoint``, ``overrides``, ``budget`` and ``training`` (the run's step budget and what stopped it) go to
+    the provenance. Rank 0 writes ``out_dir/eval/``;
     the caller writes metrics.json.
     """
     unknown = set(extra or {}) - set(METRIC_KEYS)
@@ -209,6 +211,8 @@ def evaluate_generator(
             checkpoint=checkpoint, overrides=overrides, model=model.provenance(),
         ),
     )
+    if training is not None:
+        metrics["provenance"]["training"] = dict(training)
     if eval_dir is not None:
         grid_set = sets[0] if isinstance(balanced, str) else balanced[0]
         write_files(eval_dir, sets[0], grid_set, resources.real.batch, datamodule.info, metrics, details)

@@ -194,6 +194,10 @@ def group_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for run in runs:
         name = str(run["metrics"].get("exp") or run["dir"].name)
         by_exp[f"{name} ({run['variant']})" if run.get("variant") else name].append(run)
+    for name, group in list(by_exp.items()):
+        cut = [r for r in group if ((r["metrics"].get("provenance") or {}).get("training") or {}).get("stopped_by") == "max_time"]
+        if cut:  # a wall-clock cap, not the step budget, ended these runs: say so in the row's name
+            by_exp[f"{name} [{len(cut)} of {len(group)} run(s) cut short by trainer.max_time]"] = by_exp.pop(name)
     rows = []
     for exp, group in sorted(by_exp.items()):
         row: dict[str, Any] = {"exp": exp, "seeds": sorted({r["metrics"].get("seed") for r in group}, key=str), "runs": len(group)}

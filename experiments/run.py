@@ -164,8 +164,21 @@ def evaluate_after_fit(
     checkpoint = output_dir / "checkpoints" / "last.ckpt"
     return final_evaluation(
         trainer, model, cfg.eval, output_dir, extra, budget=str(cfg.budget_name),
-        checkpoint=checkpoint if checkpoint.is_file() else None, overrides=command_overrides(),
+        checkpoint=checkpoint if checkpoint.is_file() else None, overrides=command_overrides(), training=training_stop(cfg, trainer),
     )
+
+
+def training_stop(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
+    """The run's step budget and what ended it. Comparisons run on equal steps: the wall-clock cap is a
+    safety limit, and a run it cut short is reported as such (warning, metrics.json, report)."""
+    max_steps, steps = int(trainer.max_steps), int(trainer.global_step)
+    stopped_by = "max_steps" if steps >= max_steps else "interrupted" if trainer.interrupted else "max_time"
+    if stopped_by == "max_time":
+        log.warning(
+            "trainer.max_time=%s stopped the run at step %d of its %d: its figures are not at equal steps with runs that "
+            "finished their budget (raise or remove the cap: trainer.max_time=null)", cfg.trainer.get("max_time"), steps, max_steps,
+        )
+    return {"max_steps": max_steps, "steps": steps, "stopped_by": stopped_by, "max_time": cfg.trainer.get("max_time")}
 
 
 def command_overrides() -> list[str]:

@@ -131,3 +131,13 @@ def test_results_page_names_its_command_and_every_run_folder(tmp_path: Path) -> 
     assert (page.parent / "demo" / "bar_fid.png").is_file() and "](demo/bar_fid.png)" in text
     build_report(runs, select="hybrid/*/metrics.json", page=page)
     assert f"`{second}`" not in page.read_text()
+
+
+def test_a_run_cut_short_by_the_wall_clock_cap_is_marked(tmp_path: Path) -> None:
+    run_dir = _run(tmp_path, "hybrid", 0, fid=10.0, ssim=0.5, cond=0.8)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["provenance"]["training"] = {"max_steps": 5000, "steps": 3100, "stopped_by": "max_time", "max_time": "00:00:11:00"}
+    write_metrics_json(run_dir / "metrics.json", metrics)
+    _run(tmp_path, "hybrid", 1, fid=12.0, ssim=0.5, cond=0.8)
+    (row,) = group_rows(collect_runs(tmp_path))
+    assert row["exp"] == "hybrid [1 of 2 run(s) cut short by trainer.max_time]"

@@ -45,6 +45,8 @@ def _assert_run_folder(output_dir: Path, metrics: dict, conditional: bool) -> No
     written = json.loads((output_dir / "metrics.json").read_text())
     assert list(written) == list(METRIC_KEYS)
     assert written["train_steps"] == metrics["train_steps"] > 0
+    assert written["provenance"]["training"] == {"max_steps": written["train_steps"], "steps": written["train_steps"],
+                                                 "stopped_by": "max_steps", "max_time": None}
     assert written["fid"] is not None and written["fid"] >= 0
     memory = OmegaConf.load(output_dir / "config.yaml").provenance.memory_estimate  # printed before training, kept here
     assert memory.activations_per_image_mib > 0 and memory.total_mib >= memory.weights_mib > 0
@@ -83,6 +85,14 @@ def test_resume_continues_from_last_checkpoint(tmp_path: Path) -> None:
     # Stopped between checkpoint steps: last.ckpt still holds the evaluated model.
     metrics = run(compose_config(*smoke_overrides(output_dir, "ddpm", "trainer.max_steps=7", "callbacks.checkpoint.every_n_train_steps=100")))
     assert metrics["train_steps"] == 7 == torch.load(output_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+
+
+def test_a_run_the_wall_clock_cap_cuts_short_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = compose_config(*smoke_overrides(tmp_path / "capped", "ddpm", "trainer.max_steps=1000000", "trainer.max_time=00:00:00:02"))
+    metrics = run(cfg)
+    training = metrics["provenance"]["training"]
+    assert training["stopped_by"] == "max_time" and 0 < training["steps"] == metrics["train_steps"] < training["max_steps"] == 1000000
+    assert "not at equal steps" in caplog.text
 
 
 def _cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
