@@ -1,0 +1,119 @@
+"""Every setting is written once: no YAML file repeats a value that a file it overrides (or that overrides it)
+already sets, and a budget does not silently override what a data file sets.
+
+The files a composed run config is made of are found as Hydra finds them (the run's group choices, each
+option's own ``defaults`` list), then walked in merge order; a key set again with the same value is written
+twice, and a budget replacing a data file's value makes the data file lie. ``budget=smoke`` is exempt from
+the second rule: shrinking the data for tests is what it is for.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from experiments import CONFIG_DIR
+from tests.helpers import experiment_names
+
+GROUPS_IN_ORDER = ("data", "model", "trainer", "logger", "callbacks", "paths", "eval", "exp", "budget", "route")
+
+
+def _package(path: Path, text: str) -> str:
+    if "# @package _global_" in text:
+        return ""
+    return str(path.parent.relative_to(CONFIG_DIR)).replace("/", ".")
+
+
+def _files(path: Path, package: str | None = None) -> list[tuple[Path, str]]:
+    """``path`` and the files its ``defaults`` list pulls in, in merge order, with the package each lands in."""
+    text = path.read_text()
+    package = _package(path, text) if package is None else package
+    config = OmegaConf.to_container(OmegaConf.load(path))
+    defaults = config.get("defaults", []) if isinstance(config, dict) else []
+    ordered: list[tuple[Path, str]] = []
+    self_done = False
+    for entry in [*defaults, *([] if "_self_" in defaults else ["_self_"])]:
+        if entry == "_self_":
+            ordered.append((path, package))
+            self_done = True
+        elif isinstance(entry, str) and entry.startswith("/") and entry.endswith("@_here_"):
+            ordered += _files(CONFIG_DIR / f"{entry[1:-len('@_here_')]}.yaml", package)
+        elif isinstance(entry, str) and "/" not in entry and not entry.startswith("override"):
+            ordered += _files(path.parent / f"{entry}.yaml", package)
+        # group choices (``override /model: x``, ``data: phantom``) come from the composed config's choices
+    assert self_done
+    return ordered
+
+
+def _flat(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key != "defaults":
+                out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def composition(*overrides: str) -> list[tuple[Path, str]]:
+    choices = compose("config", overrides=list(overrides), return_hydra_config=True).hydra.runtime.choices
+    files = [(CONFIG_DIR / "config.yaml", "")]
+    for group in GROUPS_IN_ORDER:
+        files += _files(CONFIG_DIR / group / f"{choices[group]}.yaml")
+    return files
+
+
+def problems(files: list[tuple[Path, str]], root: Path = CONFIG_DIR) -> list[str]:
+    """Keys set twice to the same value, and data keys a budget replaces (file paths relative to ``root``)."""
+    set_by: dict[str, tuple[Path, Any]] = {}
+    found = []
+    for path, package in files:
+        values = _flat(OmegaConf.to_container(OmegaConf.load(path)), f"{package}." if package else "")
+        name = path.relative_to(root)
+        for key, value in values.items():
+            if key in set_by:
+                earlier_name, before = set_by[key]
+                if before == value:
+                    found.append(f"{key} = {value!r} in {earlier_name} and again in {name}")
+                elif earlier_name.parts[0] == "data" and name.parts[0] == "budget" and name.stem != "smoke":
+                    found.append(f"{key}: budget {name} silently replaces {earlier_name}'s {before!r} with {value!r}")
+            set_by[key] = (name, value)
+    return found
+
+
+# Every experiment on the default budget, data and route, and every budget x data x route for the flagship: each file
+# of the tree meets each other file it can be merged with.
+COMBINATIONS = sorted({(exp, "quick", "phantom", "pixel") for exp in experiment_names()}
+                      | set(itertools.product(["hybrid", "vae", "gan"], ("smoke", "quick", "long", "full"), ("phantom", "ham10000", "folder"),
+                                              ("pixel", "latent"))))
+
+
+def test_every_composition_sets_each_key_once() -> None:
+    found: set[str] = set()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        for exp, budget, data, route in COMBINATIONS:
+            found.update(problems(composition(f"exp={exp}", f"budget={budget}", f"data={data}", f"route={route}")))
+    assert not found, "settings written twice:\n" + "\n".join(sorted(found))
+
+
+def test_the_check_sees_a_repeated_value_and_a_budget_overriding_data(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "budget").mkdir()
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    (tmp_path / "data" / "mine.yaml").write_text("split_seed: 0\nnum_workers: 2\n")
+    repeat = tmp_path / "budget" / "repeat.yaml"
+    repeat.write_text("# @package _global_\nseed: 0\n")
+    override = tmp_path / "budget" / "quick.yaml"
+    override.write_text("# @package _global_\ndata:\n  split_seed: 7\n")
+    smoke = tmp_path / "budget" / "smoke.yaml"
+    smoke.write_text("# @package _global_\ndata:\n  num_workers: 0\n")
+    config, data = (tmp_path / "config.yaml", ""), (tmp_path / "data" / "mine.yaml", "data")
+    assert problems([config, (repeat, "")], tmp_path) == ["seed = 0 in config.yaml and again in budget/repeat.yaml"]
+    assert problems([config, data, (override, "")], tmp_path) == [
+        "data.split_seed: budget budget/quick.yaml silently replaces data/mine.yaml's 0 with 7"]
+    assert problems([config, data, (smoke, "")], tmp_path) == []
