@@ -168,6 +168,28 @@ def test_judge_suite_compares_recipes_on_the_validation_split(tmp_path: Path) ->
         assert set(recipe["val_accuracy"]) >= {"diagnosis", "skin_tone"} and recipe["train_s"] > 0
         accuracy, low, high = recipe["val_accuracy"]["diagnosis"]
         assert low <= accuracy <= high and 0 < recipe["majority"]["diagnosis"] <= 1
-    best = max(scored, key=lambda name: scored[name]["mean_visual"])
+    best = max(scored, key=lambda name: scored[name]["mean_visual_balanced"])
     assert results["judge.chosen"] == best and scored["lite0"]["settings"]["pretrained"] is True
     assert scored["trained"]["mean_visual"] > scored["frozen"]["mean_visual"]  # a judge that learns beats one that cannot
+    num_val = results["judge.settings"]["num_val"]
+    ceiling = results["judge.ceiling"]
+    assert ceiling["num_images"] + scored[best]["num_images"] == num_val and ceiling["num_images"] == num_val - num_val // 2
+
+
+def test_judge_choice_is_by_balanced_accuracy_on_one_half_and_its_ceiling_on_the_other() -> None:
+    from sklearn.metrics import balanced_accuracy_score
+
+    from experiments.bench_suites.judge import balanced_accuracy, choose, halves
+
+    target = torch.tensor([0] * 8 + [1] * 2 + [-1])
+    majority_leaning, balanced = torch.zeros(11, dtype=torch.long), torch.tensor([0] * 6 + [1] * 2 + [1] * 2 + [0])
+    assert balanced_accuracy(majority_leaning, target) == pytest.approx(balanced_accuracy_score(target[:10], majority_leaning[:10]))
+    assert balanced_accuracy(balanced, target) == pytest.approx(balanced_accuracy_score(target[:10], balanced[:10]))
+    recipes = {  # plain accuracy favours the judge that always answers the majority class
+        "majority": {"mean_visual": 0.8, "mean_visual_balanced": balanced_accuracy(majority_leaning, target)},
+        "balanced": {"mean_visual": 0.8, "mean_visual_balanced": balanced_accuracy(balanced, target)},
+    }
+    recipes["majority"]["mean_visual"] = 0.8 + 1e-3
+    assert choose(recipes) == "balanced"
+    selection, ceiling = halves(101)
+    assert not set(selection) & set(ceiling) and sorted(selection + ceiling) == list(range(101))
