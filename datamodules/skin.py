@@ -167,6 +167,38 @@ class SkinDataModule(L.LightningDataModule):
         allow_upscale: accept images smaller than ``image_size`` (else an error names them).
     """
 
+    @classmethod
+    def from_config(cls, name: str, *, budget: str = "quick", **overrides: Any) -> "SkinDataModule":
+        """The data module ``data=<name>`` builds in a run, without a command line: for notebooks.
+
+        ``SkinDataModule.from_config("ham10000", root="/data/ham10000", image_size=64)``: the shipped
+        ``experiments/configs/data/<name>.yaml`` composed with the run config (``budget`` gives the image
+        size and batch size, as in a run), then ``overrides`` on the data keys; an unknown key fails
+        naming the valid ones. Set up and ready for ``train_dataloader()``.
+        """
+        from hydra import compose, initialize_config_dir
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf, open_dict
+
+        config_dir = Path(__file__).resolve().parents[1] / "experiments" / "configs"  # the YAML the commands use
+        options = sorted(p.stem for p in (config_dir / "data").glob("*.yaml"))
+        if name not in options:
+            raise ValueError(f"SkinDataModule.from_config: no data config {name!r}; choose one of {', '.join(options)}")
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            data = compose("config", overrides=[f"data={name}", f"budget={budget}"]).data
+        unknown = sorted(set(overrides) - set(data))
+        if unknown:
+            raise ValueError(f"SkinDataModule.from_config({name!r}): unknown data keys {unknown}; valid: {', '.join(sorted(data))}")
+        with open_dict(data):
+            data.merge_with(overrides)
+        missing = sorted(key for key in data if OmegaConf.is_missing(data, key))
+        if missing:
+            raise ValueError(f"SkinDataModule.from_config({name!r}): give {', '.join(f'{k}=...' for k in missing)}")
+        datamodule = instantiate(data)
+        datamodule.prepare_data()
+        datamodule.setup()
+        return datamodule
+
     def __init__(
         self,
         source: str,
