@@ -18,7 +18,7 @@ import torch
 from evaluation.conditioning import conditioning_accuracy, confusion_by_head, readable
 from evaluation.data import take
 from evaluation.distributed import gather_rows, rank_and_world
-from evaluation.extraction import SampleSet, draw_sample_set
+from evaluation.generation import HOLDOUTS, SampleSet, draw_sample_set, eval_conditions, generate_shard, is_conditional
 from evaluation.features import extract
 from evaluation.fid import frechet_distance
 from evaluation.groups import per_skin_tone
@@ -26,7 +26,6 @@ from evaluation.memorization import memorization_report, training_reference
 from evaluation.provenance import evaluation_provenance
 from evaluation.reconstruction import reconstruction_metrics
 from evaluation.resources import FLOOR_SPLIT, EvalResources, prepare_evaluation
-from evaluation.sampling import HOLDOUTS, eval_conditions, generate_shard, is_conditional
 from evaluation.schema import METRIC_KEYS, empty_metrics
 from evaluation.scoring import bootstrap_weights, distribution_scores, domain_fd, floor_scores, spread
 from evaluation.writing import save_closest_pairs, write_files

@@ -222,7 +222,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
 
 def save_captioned_grid(rows: list[dict[str, Any]], out: Path, columns: int = 8) -> Path:
     """``out/grid.png``: one row per distinct prompt (first ``columns`` images of it), the prompt wrapped beside it."""
-    from evaluation.row_grid import save_captioned_rows
+    from evaluation.writing import save_captioned_rows
 
     by_prompt: dict[str, list[str]] = {}
     for row in rows:

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, open_dict
 from evaluation.features import extract
 from evaluation.fid import frechet_distance
 from evaluation.resources import prepare_evaluation
-from evaluation.sampling import generate_shard
+from evaluation.generation import generate_shard
 from experiments.bench_suites.common import (
     build_datamodule, compose_run_config, device, hydra_overrides, log, ratio, size_overrides,
 )
