@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+from pathlib import Path
+
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from experiments.output_folder import check_output_folder
 
 POSITIVE = ("data.batch_size", "eval.num_generated", "eval.batch_size", "trainer.accumulate_grad_batches")
 NON_NEGATIVE = ("data.num_workers",)
 CHOICES = {"resume": ("auto", "never", "force"), "on_nonfinite_loss": ("stop", "skip")}
+# Real numbers a run needs finite and > 0 (torch takes a NaN learning rate and fails later, inside the run)
+FINITE_POSITIVE = ("model.optimizer.lr", "model.guidance.scale", "trainer.gradient_clip_val")
+FINITE_NON_NEGATIVE = ("model.optimizer.weight_decay", "model.guidance.drop_prob")
+# What experiments.run writes in its folder (run.json lists them); Hydra's own log of the job comes first
+RUN_ENTRIES = ["config.yaml", "checkpoints", "samples", "metrics.json", "eval", "logs", "run.log", "wandb"]
 
 
 def _is_int(value: Any) -> bool:
@@ -35,10 +45,47 @@ def check_run_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value not in allowed:
             problems.append(f"{key}={value}: must be one of {', '.join(allowed)}")
+    problems += _number_problems(cfg)
     problems += _run_length_problems(cfg)
     problems += _route_problems(cfg)
+    problems += output_folder_problems(cfg)
     if problems:
         raise ValueError("invalid run config:\n  " + "\n  ".join(problems))
+
+
+def _number_problems(cfg: DictConfig) -> list[str]:
+    problems = []
+    for keys, strict, rule in ((FINITE_POSITIVE, True, "a finite number > 0"), (FINITE_NON_NEGATIVE, False, "a finite number >= 0")):
+        for key in keys:
+            value = OmegaConf.select(cfg, key, default=None)
+            if value is None:
+                continue
+            number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+            if not math.isfinite(number) or number < 0 or (strict and number == 0):
+                problems.append(f"{key}={value}: must be {rule}")
+    return problems
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder experiments.run wrote: its manifest, or (runs from before it) a config.yaml beside checkpoints/."""
+    return (folder / "run.json").is_file() or ((folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir())
+
+
+def output_folder_problems(cfg: DictConfig) -> list[str]:
+    """``paths.output_dir`` must be new, empty or a run folder (which resume=auto continues): never a user's folder."""
+    value = OmegaConf.select(cfg, "paths.output_dir", default=None, throw_on_resolution_failure=False)
+    if not value:
+        return []
+    folder = Path(str(value))
+    if folder.is_dir() and is_run_folder(folder) and not (folder / "run.json").is_file():
+        return []  # a run folder from before run.json: resume treats it as today
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {"run.log"}:
+        return []  # new, or holding only Hydra's log of this very job
+    try:
+        check_output_folder(folder, "run", overwrite=True, key="paths.output_dir")
+    except (ValueError, PermissionError) as error:
+        return [f"{error} (experiments.run writes only into a new or empty folder, or a run folder of its own)"]
+    return []
 
 
 def _run_length_problems(cfg: DictConfig) -> list[str]:

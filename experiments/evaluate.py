@@ -39,10 +39,12 @@ from evaluation.reconstruction import image_quality
 from evaluation.schema import empty_metrics, read_metrics_json, write_metrics_json
 from experiments.command import command, task_overrides
 from experiments.compose import checkpoint_config, parse_overrides, with_checkpoint_data
+from experiments.output_folder import check_output_folder, clear_output_folder, write_manifest
 from models.checkpoint import build_stored_datamodule, load_generator, read_checkpoint, stored_config
 from models.generative import SamplingSettings
 
-OWN_KEYS = ("ckpt", "real", "fake", "out", "size")  # the command's own keys in configs/evaluate.yaml
+OWN_KEYS = ("ckpt", "real", "fake", "out", "size", "overwrite")
+EVALUATE_ENTRIES = ["metrics.json", "eval"]  # what an evaluation writes in its folder (evaluate.json lists them)  # the command's own keys in configs/evaluate.yaml
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
@@ -116,15 +118,16 @@ def sampling_settings(overrides: list[str]) -> SamplingSettings:
     )
 
 
-def evaluation_folder(ckpt: str | Path, out: str | Path | None, split: str) -> Path:
-    """``out`` or a new ``<run>/eval/<split>_<time>/``; refuses a folder that already holds a metrics.json."""
+def evaluation_folder(ckpt: str | Path, out: str | Path | None, split: str, overwrite: bool = False) -> tuple[Path, list[str]]:
+    """``out`` or a new ``<run>/eval/<split>_<time>/``, and what of an earlier evaluation there ``overwrite`` replaces.
+
+    The folder must be new or empty, or an earlier evaluation's (``evaluate.json``): a run folder, its
+    metrics.json or a user's files are never written over.
+    """
     if out is None:
         run_dir = Path(ckpt).resolve().parent.parent
         out = run_dir / "eval" / f"{split}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-    out = Path(out)
-    if (out / "metrics.json").exists():
-        raise FileExistsError(f"{out / 'metrics.json'} exists: an evaluation never overwrites one; give another out=DIR")
-    return out
+    return Path(out), check_output_folder(out, "evaluate", overwrite=overwrite)
 
 
 def check_data(checkpoint: dict[str, Any], datamodule: Any, data_cfg: Any) -> None:
@@ -145,11 +148,13 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str
     """The checkpoint's generator under its stored run config with ``overrides`` on top, into a new folder."""
     checkpoint = read_checkpoint(cfg.ckpt)
     run_cfg = checkpoint_config(stored_config(checkpoint, cfg.ckpt), overrides, "evaluate", OWN_KEYS)
-    out = evaluation_folder(cfg.ckpt, cfg.out, str(run_cfg.eval.split))
+    out, previous = evaluation_folder(cfg.ckpt, cfg.out, str(run_cfg.eval.split), bool(cfg.overwrite))
     sampling = sampling_settings(overrides)
     model = load_generator(cfg.ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu")
     datamodule = build_stored_datamodule(run_cfg.data, f"{cfg.ckpt}: dermsynth_config.data")
     check_data(checkpoint, datamodule, run_cfg.data)
+    clear_output_folder(out, previous)
+    write_manifest(out, "evaluate", EVALUATE_ENTRIES, {"ckpt": str(cfg.ckpt), "overrides": overrides})
     run_metrics = Path(cfg.ckpt).resolve().parent.parent / "metrics.json"
     previous = read_metrics_json(run_metrics) if run_metrics.is_file() else {}
     extra = {
@@ -177,8 +182,11 @@ def evaluate_two_folders(cfg: DictConfig, overrides: list[str]) -> tuple[dict[st
     extractor = build_feature_extractor(cfg.eval.feature_extractor, judge)
     # Domain features are only valid at the size the judge learned; Inception resizes itself.
     size = cfg.size or (cfg.data.image_size if has_data else None)
+    out = Path(cfg.out or cfg.fake)
+    if (out / "metrics.json").exists() and not cfg.overwrite:
+        raise ValueError(f"{out / 'metrics.json'} exists; give another out=DIR, or overwrite=true to replace it")
     metrics = evaluate_folders(cfg.real, cfg.fake, cfg.eval, extractor, int(size) if size else None)
-    return metrics, Path(cfg.out or cfg.fake)
+    return metrics, out
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:

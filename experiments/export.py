@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from datamodules.atomic import apply_umask_mode
 from datamodules.licences import INTENDED_USE, licence_of, write_notice
+from experiments.output_folder import check_output_folder, clear_output_folder, write_manifest
 from experiments.command import command
 from models.containers import safe_container
 from models.generative import GenerativeModule
@@ -131,11 +132,25 @@ def model_card(model: GenerativeModule, sampling: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Every entry export_model may write (export.json lists them, so overwrite=true replaces only these)
+EXPORT_ENTRIES = ["unet", "scheduler", "vae", "text_encoder", "tokenizer", "fusion", "alignment_head.safetensors",
+                  "dermsynth.json", "README.md", "NOTICE"]
+
+
 def export(cfg: DictConfig) -> Path:
-    """The command (``cfg`` composed from configs/export.yaml): load ``cfg.ckpt``, write ``cfg.out``."""
+    """The command (``cfg`` composed from configs/export.yaml): load ``cfg.ckpt``, write ``cfg.out``.
+
+    ``out`` is new or empty, or an earlier export (``export.json``) that ``overwrite=true`` replaces.
+    """
     from models.checkpoint import load_generator
 
-    return export_model(load_generator(cfg.ckpt, use_ema=bool(cfg.use_ema)), cfg.out)
+    previous = check_output_folder(cfg.out, "export", overwrite=bool(cfg.overwrite))  # before anything loads
+    model = load_generator(cfg.ckpt, use_ema=bool(cfg.use_ema))
+    clear_output_folder(cfg.out, previous)
+    write_manifest(cfg.out, "export", EXPORT_ENTRIES, {"ckpt": str(cfg.ckpt)}, complete=False)
+    out = export_model(model, cfg.out)
+    write_manifest(cfg.out, "export", EXPORT_ENTRIES, {"ckpt": str(cfg.ckpt)}, complete=True)
+    return out
 
 
 @command("export")

@@ -25,21 +25,17 @@ from evaluation.resources import split_dataset
 from experiments.command import command, task_overrides
 from experiments.compose import checkpoint_config, with_checkpoint_data
 from experiments.evaluate import check_data
+from experiments.output_folder import check_output_folder, write_manifest
 from models.checkpoint import build_stored_datamodule, load_generator, read_checkpoint, stored_config
 
 OWN_KEYS = ("ckpt", "out", "key_out", "num_real", "num_synthetic", "split", "display_size", "study_seed", "batch_size")
 
 
-def _empty_or_new(folder: Path) -> None:
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise FileExistsError(f"{folder} is not a new or empty folder: the reader study writes only into one")
-
-
 def export_reader_study(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     out = Path(cfg.out)
     key_out = Path(cfg.key_out) if cfg.key_out else out.with_name(out.name + "-answer-key")
-    for folder in (out, key_out):
-        _empty_or_new(folder)
+    for folder, key in ((out, "out"), (key_out, "key_out")):
+        check_output_folder(folder, "export_reader_study", overwrite=False, key=key)  # a study is never replaced
     checkpoint = read_checkpoint(cfg.ckpt)
     run_cfg = checkpoint_config(stored_config(checkpoint, cfg.ckpt), overrides, "export_reader_study", OWN_KEYS)
     model = load_generator(cfg.ckpt)
@@ -57,6 +53,8 @@ def export_reader_study(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]
         chunks.append(model.generate(None if model.conditioning == "none" else part, rows.stop - rows.start, generator=generator).cpu())
     synthetic_rows = [{"diagnosis": names[int(label)], "caption": caption, "origin": f"prompt seed {cfg.study_seed} row {index}"}
                       for index, (label, caption) in enumerate(zip(torch.as_tensor(conditions["label"]).tolist(), conditions["caption"]))]
+    write_manifest(out, "export_reader_study", ["images", "responses.csv", "README.md", "NOTICE"])
+    write_manifest(key_out, "export_reader_study", ["answers.csv", "study.json"])
     counts = write_study(out, key_out, real["image"], real_rows, torch.cat(chunks), synthetic_rows,
                          diagnoses=names, display_size=int(cfg.display_size), seed=int(cfg.study_seed))
     write_notice(out, str(run_cfg.data.source), "real and synthetic dermoscopic images for a reader study")

@@ -28,10 +28,11 @@ from callbacks.health import FiniteLoss
 from callbacks.rng import RNGState
 from datamodules.atomic import remove_stale_temp_files
 from experiments.checkpoint_io import AtomicCheckpointIO
-from experiments.checks import check_run_config
+from experiments.checks import RUN_ENTRIES, check_run_config
 from experiments.command import command
 from experiments.loggers import build_loggers, flat_config
 from experiments.memory_estimate import log_memory_estimate
+from experiments.output_folder import write_manifest
 from experiments.resume import resume_checkpoint
 from models.checkpoint import build_generator
 from models.performance import apply_performance
@@ -130,6 +131,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     memory = log_memory_estimate(cfg, model, datamodule, trainer)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
+        write_manifest(output_dir, "run", RUN_ENTRIES, {"exp": cfg.exp_name})
         for stale in remove_stale_temp_files(output_dir) + remove_stale_temp_files(output_dir / "checkpoints"):
             log.info("Removed %s, left by an interrupted write", stale)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True) + provenance_yaml(datamodule, memory))

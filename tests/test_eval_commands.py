@@ -71,10 +71,21 @@ def test_evaluate_on_test_writes_a_new_folder_and_leaves_the_run_alone(hybrid_ru
     assert written["provenance"]["eval"]["split"] == "test"
     assert "eval.split=test" in written["provenance"]["overrides"] and written["provenance"]["checkpoint"]["path"] == str(ckpt)
     assert {p: p.stat().st_mtime_ns for p in output_dir.rglob("*") if p.is_file()} == before  # the run folder is untouched
-    with pytest.raises(FileExistsError, match="never overwrites"):
+    with pytest.raises(ValueError, match="holds an earlier experiments.evaluate output.*overwrite=true"):
         _evaluate(f"ckpt={ckpt}", f"out={tmp_path / 'final'}")
-    with pytest.raises(FileExistsError, match="never overwrites"):
-        _evaluate(f"ckpt={ckpt}", f"out={output_dir}")
+    with pytest.raises(ValueError, match="did not write"):
+        _evaluate(f"ckpt={ckpt}", f"out={output_dir}")  # a run folder: never under an evaluation
+    (tmp_path / "final" / "eval" / "details.json").write_text("{}")
+    _evaluate(f"ckpt={ckpt}", "eval.split=test", f"out={tmp_path / 'final'}", "overwrite=true")  # its own earlier output
+    assert json.loads((tmp_path / "final" / "eval" / "details.json").read_text()) != {}
+    user = tmp_path / "user"
+    (user / "eval").mkdir(parents=True)
+    (user / "eval" / "details.json").write_text("mine")
+    (user / "samples.png").write_text("mine")
+    for extra in ([], ["overwrite=true"]):
+        with pytest.raises(ValueError, match="did not write"):
+            _evaluate(f"ckpt={ckpt}", f"out={user}", *extra)
+    assert (user / "eval" / "details.json").read_text() == "mine" and (user / "samples.png").read_text() == "mine"
 
 
 def test_evaluate_refuses_data_of_another_fingerprint(hybrid_run: tuple[Path, dict], tmp_path: Path) -> None:

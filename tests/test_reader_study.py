@@ -27,6 +27,7 @@ def test_export_is_blinded_shuffled_and_keyed_apart(tmp_path: Path, monkeypatch:
     key = _rows(tmp_path / "study-answer-key" / "answers.csv")
     files = sorted(p.name for p in (out / "images").iterdir())
     assert files == [f"case_{i:04d}.png" for i in range(1, 21)] and sorted(r["file"] for r in key) == files
+    assert sorted(p.name for p in out.iterdir()) == ["NOTICE", "README.md", "export_reader_study.json", "images", "responses.csv"]
     assert [r["source"] for r in key].count("real") == 10 and [r["source"] for r in key].count("synthetic") == 10
     sources = [r["source"] for r in sorted(key, key=lambda r: r["file"])]
     assert sources != sorted(sources) and sources != sorted(sources, reverse=True)  # not in blocks
@@ -36,7 +37,7 @@ def test_export_is_blinded_shuffled_and_keyed_apart(tmp_path: Path, monkeypatch:
     assert not (out / "answers.csv").exists() and (out / "NOTICE").is_file() and (out / "README.md").is_file()
     with pytest.raises(SystemExit):
         export_main()
-    assert "is not a new or empty folder" in capfd.readouterr().err
+    assert "holds an earlier experiments.export_reader_study output" in capfd.readouterr().err
 
 
 def test_scores_match_hand_computed_figures(tmp_path: Path) -> None:

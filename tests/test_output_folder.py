@@ -1,0 +1,118 @@
+"""One write rule for every command: new, empty or its own earlier output (replaced only with overwrite=true)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from experiments.output_folder import check_output_folder, clear_output_folder, prepare_output_folder, write_manifest
+
+
+def _own_output(folder: Path, command: str) -> None:
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.bin").write_text("old")
+    (folder / "report.txt").write_text("old")
+    write_manifest(folder, command, ["sub", "report.txt"])
+
+
+@pytest.mark.parametrize("command", ["generate", "export", "evaluate", "run"])
+def test_the_write_rule_matrix(command: str, tmp_path: Path) -> None:
+    new, empty = tmp_path / "new", tmp_path / "empty"
+    empty.mkdir()
+    for folder in (new, empty):
+        for overwrite in (False, True):
+            assert check_output_folder(folder, command, overwrite=overwrite) == []
+
+    own = tmp_path / "own"
+    _own_output(own, command)
+    with pytest.raises(ValueError, match=f"earlier experiments.{command} output.*overwrite=true"):
+        check_output_folder(own, command, overwrite=False)
+    entries = check_output_folder(own, command, overwrite=True)
+    assert entries == ["report.txt", "sub", f"{command}.json"]
+    prepare_output_folder(own, command, ["new.txt"], overwrite=True)
+    assert sorted(p.name for p in own.iterdir()) == [f"{command}.json"]
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "README.md").write_text("mine")
+    mixed = tmp_path / "mixed"
+    _own_output(mixed, command)
+    (mixed / "NOTICE").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=f"did not write"):
+            check_output_folder(user, command, overwrite=overwrite)
+        with pytest.raises(ValueError, match="NOTICE.*nothing was deleted"):
+            check_output_folder(mixed, command, overwrite=overwrite)
+    assert (user / "README.md").read_text() == "mine" and (mixed / "NOTICE").read_text() == "mine"
+    with pytest.raises(ValueError, match="besides"):
+        check_output_folder(mixed, command, overwrite=True)  # another command's manifest is not this one's
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("mine")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        check_output_folder(a_file, command, overwrite=True)
+
+
+def test_another_commands_output_is_not_this_ones(tmp_path: Path) -> None:
+    _own_output(tmp_path / "gen", "generate")
+    with pytest.raises(ValueError, match="did not write"):
+        check_output_folder(tmp_path / "gen", "export", overwrite=True)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="a read-only folder does not stop root")
+def test_a_read_only_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="not writable"):
+            check_output_folder(folder, "export", overwrite=False)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_a_manifest_naming_paths_outside_its_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "export.json").write_text('{"files": ["../elsewhere"]}')
+    with pytest.raises(ValueError, match="outside its folder"):
+        check_output_folder(tmp_path / "out", "export", overwrite=True)
+    assert clear_output_folder(tmp_path / "out", []) == tmp_path / "out"
+
+
+def test_export_leaves_a_users_folder_alone(tmp_path: Path) -> None:
+    from experiments.compose import compose_config
+    from experiments.export import export
+    from tests.helpers import untrained_checkpoint
+
+    ckpt = untrained_checkpoint(tmp_path / "ddpm.ckpt", "ddpm")
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "README.md").write_text("my readme")
+    (user / "NOTICE").write_text("my notice")
+    for extra in ([], ["overwrite=true"]):
+        with pytest.raises(ValueError, match="did not write"):
+            export(compose_config("export", [f"ckpt={ckpt}", f"out={user}", *extra]))
+    assert (user / "README.md").read_text() == "my readme" and (user / "NOTICE").read_text() == "my notice"
+    out = tmp_path / "export"
+    export(compose_config("export", [f"ckpt={ckpt}", f"out={out}"]))
+    assert (out / "unet").is_dir() and (out / "export.json").is_file()
+    with pytest.raises(ValueError, match="overwrite=true"):
+        export(compose_config("export", [f"ckpt={ckpt}", f"out={out}"]))
+    export(compose_config("export", [f"ckpt={ckpt}", f"out={out}", "overwrite=true"]))
+    assert (out / "unet").is_dir()
+
+
+def test_run_refuses_a_folder_that_is_not_a_run_folder(tmp_path: Path) -> None:
+    from experiments.run import run
+    from tests.helpers import compose_config, smoke_overrides
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "config.yaml").write_text("my: config\n")
+    (user / "metrics.json").write_text('{"mine": true}')
+    with pytest.raises(ValueError, match="paths.output_dir=.*did not write"):
+        run(compose_config(*smoke_overrides(user, "ddpm")))
+    assert (user / "config.yaml").read_text() == "my: config\n" and (user / "metrics.json").read_text() == '{"mine": true}'
+    assert sorted(p.name for p in user.iterdir()) == ["config.yaml", "metrics.json"]
