@@ -9,6 +9,9 @@ changes; it runs on training items only.
 
 from __future__ import annotations
 
+import math
+import zlib
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +26,64 @@ class ImageTooSmallError(ValueError):
     pass
 
 
+class TruncatedImageError(OSError):
+    """An image file that holds fewer pixels than its header promises."""
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit integer images (``I;16*``, ``I``) scaled to 8 bits; ``convert("RGB")`` would clip them to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
+    return image
+
+
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+
+
+def check_png_complete(path: Path | str, image: Image.Image) -> None:
+    """A PNG's image data must hold every row its header promises: Pillow fills missing rows with black, silently."""
+    if image.format != "PNG":
+        return
+    with open(path, "rb") as stream:
+        data = stream.read()
+    width, height, depth, colour, interlace = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), data[24], data[25], data[28]
+    if interlace or colour not in PNG_CHANNELS:
+        return  # Adam7 passes: not checked
+    position, compressed = 8, []
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        kind = data[position + 4 : position + 8]
+        if kind == b"IDAT":
+            compressed.append(data[position + 8 : position + 8 + length])
+        if kind == b"IEND":
+            break
+        position += 12 + length
+    expected = height * (1 + math.ceil(width * depth * PNG_CHANNELS[colour] / 8))
+    try:
+        held = len(zlib.decompressobj().decompress(b"".join(compressed)))
+    except zlib.error as error:
+        raise TruncatedImageError(f"image {path}: damaged PNG data ({error})") from None
+    if held < expected:
+        raise TruncatedImageError(f"image {path} holds {held} of the {expected} bytes of pixel rows its header promises "
+                                  f"({width}x{height}): truncated or damaged")
+
+
 def load_square(path: Path | str, size: int, allow_upscale: bool = False) -> np.ndarray:
     """Decode an image file to (size, size, 3) uint8: short side resized to ``size``, centre crop.
 
     JPEG draft mode decodes at the smallest power-of-two reduction that still covers ``size``,
-    which makes caching thousands of photos at 32-64 px several times faster.
+    which makes caching thousands of photos at 32-64 px several times faster. 16-bit images are
+    scaled to 8 bits; a PNG with fewer rows than its header promises and an image over Pillow's
+    decompression-bomb limit raise an error naming the file.
     """
-    with Image.open(path) as image:
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"image {path} has more pixels than Pillow's safety limit ({error}); it may be a decompression bomb") from None
+    with opened as image:
+        check_png_complete(path, image)
         width, height = image.size
         if min(width, height) < size and not allow_upscale:
             raise ImageTooSmallError(
@@ -39,7 +93,7 @@ def load_square(path: Path | str, size: int, allow_upscale: bool = False) -> np.
         scale = size / min(width, height)
         if image.format == "JPEG":
             image.draft("RGB", (max(size, int(width * scale + 1)), max(size, int(height * scale + 1))))
-        return square(image.convert("RGB"), size)
+        return square(to_8bit(image).convert("RGB"), size)
 
 
 def square(image: Image.Image, size: int) -> np.ndarray:

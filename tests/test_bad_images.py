@@ -1,0 +1,66 @@
+"""Image files that decoded silently wrong: 16-bit PNGs, PNGs with fewer rows than promised, decompression bombs."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datamodules.transforms import TruncatedImageError, load_square
+from tests.test_data_sources import make_folder, module
+
+
+def _sixteen_bit_gradient(path: Path) -> np.ndarray:
+    values = np.tile(np.linspace(0, 65535, 32), (32, 1)).astype(np.uint16)
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "I;16"
+    return np.round(values / 257.0)
+
+
+def _promise_more_rows(path: Path, rows: int) -> None:
+    data = bytearray(path.read_bytes())
+    struct.pack_into(">I", data, 20, rows)  # IHDR height
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+
+
+def test_a_16_bit_png_keeps_its_values(tmp_path: Path) -> None:
+    expected = _sixteen_bit_gradient(tmp_path / "g.png")
+    decoded = load_square(tmp_path / "g.png", 32)
+    assert decoded.shape == (32, 32, 3) and np.abs(decoded[..., 0].astype(float) - expected).max() <= 1  # not all white
+
+
+def test_a_16_bit_png_in_a_folder_data_set(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "set", count=10, size=32)
+    _sixteen_bit_gradient(root / "img_000.png")
+    dm = module(tmp_path, source="folder", root=str(root), image_size=16)
+    dm.setup()
+    images = np.concatenate([np.asarray(s.table.images[:]) for s in (dm.train_set, dm.val_set, dm.test_set)])
+    assert not (images == 255).all(axis=(1, 2, 3)).any()  # no image decoded to pure white
+
+
+def test_a_png_with_fewer_rows_than_its_header_fails_or_is_skipped(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "set", count=10, size=32)
+    _promise_more_rows(root / "img_003.png", 64)
+    with pytest.raises(ValueError, match="img_003.png holds .* of the .* bytes of pixel rows its header promises"):
+        module(tmp_path, source="folder", root=str(root)).setup()
+    skipping = module(tmp_path, source="folder", root=str(root), on_bad_image="skip")
+    skipping.setup()
+    assert len(skipping.train_set) + len(skipping.val_set) + len(skipping.test_set) == 9
+    with pytest.raises(TruncatedImageError):
+        load_square(root / "img_003.png", 16)
+
+
+def test_a_decompression_bomb_names_its_file_and_can_be_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_folder(tmp_path / "set", count=10, size=24)
+    Image.fromarray(np.zeros((80, 80, 3), dtype=np.uint8)).save(root / "img_005.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 80 x 80 is over twice the limit: Pillow's bomb error
+    with pytest.raises(ValueError, match="img_005.png has more pixels than Pillow's safety limit"):
+        module(tmp_path, source="folder", root=str(root)).setup()
+    skipping = module(tmp_path, source="folder", root=str(root), on_bad_image="skip")
+    skipping.setup()
+    assert len(skipping.train_set) + len(skipping.val_set) + len(skipping.test_set) == 9
