@@ -66,6 +66,21 @@ def _number_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def check_sampling(guidance: tuple[str, Any], steps: tuple[str, Any]) -> None:
+    """Sampling settings given on a command line: guidance a finite number >= 0, steps a positive integer.
+
+    ``guidance`` and ``steps`` are (key as the command names it, value or None for the model's own).
+    A NaN guidance scale draws black images; refused here, naming the key, before anything loads.
+    """
+    (guidance_key, scale), (steps_key, count) = guidance, steps
+    if scale is not None:
+        number = float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else math.nan
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"{guidance_key}={scale}: must be a finite number >= 0 (1 = no guidance)")
+    if count is not None and not (_is_int(count) and count > 0):
+        raise ValueError(f"{steps_key}={count}: must be a positive integer")
+
+
 def is_run_folder(folder: Path) -> bool:
     """A folder experiments.run wrote: its manifest, or (runs from before it) a config.yaml beside checkpoints/."""
     return (folder / "run.json").is_file() or ((folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir())

@@ -37,6 +37,7 @@ from evaluation.protocol import NO_INCEPTION_SCORE, evaluate_generator
 from evaluation.provenance import code_provenance
 from evaluation.reconstruction import image_quality
 from evaluation.schema import empty_metrics, read_metrics_json, write_metrics_json
+from experiments.checks import check_sampling
 from experiments.command import command, task_overrides
 from experiments.compose import checkpoint_config, parse_overrides, with_checkpoint_data
 from experiments.output_folder import check_output_folder, clear_output_folder, write_manifest
@@ -111,6 +112,7 @@ def sampling_settings(overrides: list[str]) -> SamplingSettings:
             found[SAMPLING_KEYS[key]] = override.value()
         elif key.startswith("model."):
             raise ValueError(f"{key}: a trained checkpoint's model cannot change; only {', '.join(SAMPLING_KEYS)} can")
+    check_sampling(("model.guidance.scale", found.get("guidance_scale")), ("model.sampler.steps", found.get("steps")))
     return SamplingSettings(
         sampler=sampler_name(str(found["sampler"])) if found.get("sampler") is not None else None,
         steps=int(found["steps"]) if found.get("steps") is not None else None,
@@ -146,10 +148,10 @@ def check_data(checkpoint: dict[str, Any], datamodule: Any, data_cfg: Any) -> No
 
 def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str, Any], Path]:
     """The checkpoint's generator under its stored run config with ``overrides`` on top, into a new folder."""
+    sampling = sampling_settings(overrides)  # a bad sampling value fails before anything loads
     checkpoint = read_checkpoint(cfg.ckpt)
     run_cfg = checkpoint_config(stored_config(checkpoint, cfg.ckpt), overrides, "evaluate", OWN_KEYS)
     out, previous = evaluation_folder(cfg.ckpt, cfg.out, str(run_cfg.eval.split), bool(cfg.overwrite))
-    sampling = sampling_settings(overrides)
     model = load_generator(cfg.ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu")
     datamodule = build_stored_datamodule(run_cfg.data, f"{cfg.ckpt}: dermsynth_config.data")
     check_data(checkpoint, datamodule, run_cfg.data)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from datamodules.info import DataInfo
 from datamodules.licences import write_notice
 from evaluation.data import take
+from experiments.checks import check_sampling
 from experiments.command import command
 from experiments.generated_set import clear_previous_set, planned_files, previous_set, write_manifest
 from models.conditioners import prompt_conditions
@@ -136,6 +137,7 @@ def check_settings(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={value}: must be a positive integer")
     if sum(bool(cfg[key]) for key in ("prompt", "prompts", "balanced")) > 1:
         raise ValueError("give one of prompt=..., prompts=FILE or balanced=true")
+    check_sampling(("guidance_scale", cfg.guidance_scale), ("sampler.steps", cfg.sampler.steps))
 
 
 def check_conditioning(model: GenerativeModule, cfg: DictConfig) -> None:

@@ -116,3 +116,28 @@ def test_run_refuses_a_folder_that_is_not_a_run_folder(tmp_path: Path) -> None:
         run(compose_config(*smoke_overrides(user, "ddpm")))
     assert (user / "config.yaml").read_text() == "my: config\n" and (user / "metrics.json").read_text() == '{"mine": true}'
     assert sorted(p.name for p in user.iterdir()) == ["config.yaml", "metrics.json"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_non_finite_or_negative_guidance_is_refused_naming_the_key(value: str, tmp_path: Path) -> None:
+    from experiments.compose import compose_config
+    from experiments.evaluate import evaluate
+    from experiments.generate import generate
+
+    out = tmp_path / "set"
+    with pytest.raises(ValueError, match=rf"^guidance_scale={value}: must be a finite number >= 0"):
+        generate(compose_config("generate", ["ckpt=missing.ckpt", f"out={out}", f"guidance_scale={value}"]))
+    with pytest.raises(ValueError, match=rf"^model.guidance.scale={value}: must be a finite number >= 0"):
+        evaluate(compose_config("evaluate", ["ckpt=missing.ckpt", f"model.guidance.scale={value}"]), ["ckpt=missing.ckpt", f"model.guidance.scale={value}"])
+    with pytest.raises(ValueError, match=r"^sampler.steps=0: must be a positive integer"):
+        generate(compose_config("generate", ["ckpt=missing.ckpt", f"out={out}", "sampler.steps=0"]))
+    assert not out.exists()
+
+
+def test_a_nan_learning_rate_fails_before_the_run_folder_exists(tmp_path: Path) -> None:
+    from experiments.run import run
+    from tests.helpers import compose_config, smoke_overrides
+
+    with pytest.raises(ValueError, match=r"model.optimizer.lr=nan: must be a finite number > 0"):
+        run(compose_config(*smoke_overrides(tmp_path / "run", "ddpm", "model.optimizer.lr=nan")))
+    assert not (tmp_path / "run").exists()
