@@ -162,6 +162,45 @@ def checkpoint_config(stored: dict[str, Any], overrides: Sequence[str], config_n
         if message:
             raise ValueError(message)
         OmegaConf.update(cfg, key, OmegaConf.select(composed, key), merge=False)
+    return local_paths_from_user(cfg, composed, stored)
+
+
+DATA_LOCATIONS = ("data.root", "data.csv")
+
+
+def _path_keys(node: Any, prefix: str = "") -> list[str]:
+    """Keys naming where files are written or cached: everything under ``paths``, every ``cache_dir``."""
+    keys = []
+    if isinstance(node, dict):
+        for name, value in node.items():
+            key = f"{prefix}{name}"
+            if key == "paths" or name == "cache_dir":
+                keys.append(key)
+            elif isinstance(value, dict):
+                keys += _path_keys(value, key + ".")
+    return keys
+
+
+def local_paths_from_user(cfg: DictConfig, composed: DictConfig, stored: dict[str, Any]) -> DictConfig:
+    """Paths come from the command line and environment, never from a checkpoint (its values are provenance).
+
+    Output and cache folders take this machine's (``paths.*``, every ``cache_dir``), so a shared
+    checkpoint cannot make a command write elsewhere; the data's location must be given when the
+    stored run had one (``data.root=DIR``), so nothing is read from a folder the user did not name.
+    """
+    for key in _path_keys(OmegaConf.to_container(cfg, resolve=False)):
+        mine = OmegaConf.select(composed, key, default=None, throw_on_missing=False)
+        if mine is not None:
+            OmegaConf.update(cfg, key, mine, merge=False)
+    if OmegaConf.select(cfg, "data.source", default=None) == stored_source(stored):
+        for key in DATA_LOCATIONS:
+            was = OmegaConf.select(OmegaConf.create(stored), key, default=None)
+            given = OmegaConf.select(composed, key, default=None, throw_on_missing=False)
+            if was is not None and given is None and key == "data.root":
+                raise ValueError(f"the checkpoint's data was read from {key}={was}; paths come from your command line, never "
+                                 f"from a checkpoint: give {key}=DIR (the same data; its fingerprint is checked)")
+            if was is not None:
+                OmegaConf.update(cfg, key, given, merge=False)
     return cfg
 
 

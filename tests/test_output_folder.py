@@ -141,3 +141,31 @@ def test_a_nan_learning_rate_fails_before_the_run_folder_exists(tmp_path: Path) 
     with pytest.raises(ValueError, match=r"model.optimizer.lr=nan: must be a finite number > 0"):
         run(compose_config(*smoke_overrides(tmp_path / "run", "ddpm", "model.optimizer.lr=nan")))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_does_not_decide_where_files_go(tmp_path: Path, session_cache: Path) -> None:
+    import torch
+
+    from experiments.compose import checkpoint_config, compose_config
+    from experiments.evaluate import OWN_KEYS, evaluate
+    from tests.helpers import untrained_checkpoint
+    from tests.test_data_sources import make_folder
+
+    elsewhere = tmp_path / "someone_elses_cache"
+    ckpt = untrained_checkpoint(tmp_path / "shared.ckpt", "ddpm", f"paths.cache_dir={elsewhere}")
+    stored = torch.load(ckpt, weights_only=True)["dermsynth_config"]
+    assert stored["eval"]["cache_dir"] == str(elsewhere) and stored["data"]["cache_dir"] == str(elsewhere)
+    before = sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*"))  # the checkpoint's own making cached its data there
+    args = [f"ckpt={ckpt}", f"out={tmp_path / 'eval'}", "eval.num_generated=8", "eval.balanced.num_generated=0", "eval.heldout.num_generated=0"]
+    evaluate(compose_config("evaluate", args), args)
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    assert sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*")) == before  # judges and features went to this user's cache
+    config = checkpoint_config(stored, [], "evaluate", OWN_KEYS)
+    assert config.eval.cache_dir == config.data.cache_dir == str(session_cache)
+
+    root = make_folder(tmp_path / "images", count=40, size=16, labels=["a", "b"])
+    folder_ckpt = untrained_checkpoint(tmp_path / "folder.ckpt", "ddpm", "data=folder", f"data.root={root}")
+    folder_stored = torch.load(folder_ckpt, weights_only=True)["dermsynth_config"]
+    with pytest.raises(ValueError, match=rf"data was read from data.root={root}; .* give data.root=DIR"):
+        checkpoint_config(folder_stored, [], "evaluate", OWN_KEYS)
+    assert checkpoint_config(folder_stored, [f"data.root={root}"], "evaluate", OWN_KEYS).data.root == str(root)
