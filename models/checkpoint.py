@@ -157,10 +157,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises UnpicklingError or RuntimeError depending on the cause
+        first_line = next(iter(str(error).splitlines()), "") or "no detail"  # an empty file's error has no text
         raise ValueError(
             f"{path} is not a DermSynth checkpoint loadable with weights_only=True ({type(error).__name__}: "
-            f"{str(error).splitlines()[0]}). Only load checkpoints you trust."
-        ) from error
+            f"{first_line}). Only load checkpoints you trust."
+        ) from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
     return checkpoint
@@ -180,7 +181,11 @@ def load_generator(
         raise ValueError(f"{path}: dermsynth_config has no 'model' entry")
     check_targets(stored["model"], "generator", f"{path}: dermsynth_config.model")
     config = OmegaConf.create(stored)
-    model = build_generator(config.model, DataInfo.from_dict(checkpoint["data_info"]))
+    try:
+        data_info = DataInfo.from_dict(checkpoint["data_info"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{path}: its data_info is damaged ({type(error).__name__}: {error}); the checkpoint cannot be rebuilt") from None
+    model = build_generator(config.model, data_info)
     state = checkpoint.get("ema_state_dict") if use_ema else None
     state = state if state is not None else checkpoint["state_dict"]
     result = model.load_state_dict(upgrade_state_dict(state) if legacy else state, strict=False)

@@ -64,3 +64,14 @@ def test_a_decompression_bomb_names_its_file_and_can_be_skipped(tmp_path: Path, 
     skipping = module(tmp_path, source="folder", root=str(root), on_bad_image="skip")
     skipping.setup()
     assert len(skipping.train_set) + len(skipping.val_set) + len(skipping.test_set) == 9
+
+
+def test_a_csv_field_over_the_csv_limit_names_file_and_row(tmp_path: Path) -> None:
+    import csv
+
+    root = make_folder(tmp_path / "set", count=10, size=24)
+    lines = (root / "captions.csv").read_text().splitlines()
+    lines[3] = f'img_002.png,"{"x" * (csv.field_size_limit() + 10)}"'
+    (root / "captions.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"captions.csv row 4: field larger than field limit"):
+        module(tmp_path, source="folder", root=str(root)).setup()

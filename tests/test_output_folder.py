@@ -169,3 +169,25 @@ def test_a_checkpoint_does_not_decide_where_files_go(tmp_path: Path, session_cac
     with pytest.raises(ValueError, match=rf"data was read from data.root={root}; .* give data.root=DIR"):
         checkpoint_config(folder_stored, [], "evaluate", OWN_KEYS)
     assert checkpoint_config(folder_stored, [f"data.root={root}"], "evaluate", OWN_KEYS).data.root == str(root)
+
+
+def test_damaged_checkpoints_fail_in_one_line(tmp_path: Path) -> None:
+    import torch
+
+    from models.checkpoint import load_generator
+    from tests.helpers import untrained_checkpoint
+
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.ckpt is not a DermSynth checkpoint loadable with weights_only=True"):
+        load_generator(empty)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="garbage.ckpt is not a DermSynth checkpoint"):
+        load_generator(garbage)
+    good = untrained_checkpoint(tmp_path / "good.ckpt", "ddpm")
+    checkpoint = torch.load(good, weights_only=True)
+    checkpoint["data_info"] = {"source": "phantom"}  # the rest of the vocabulary lost
+    torch.save(checkpoint, tmp_path / "damaged.ckpt")
+    with pytest.raises(ValueError, match="damaged.ckpt: its data_info is damaged"):
+        load_generator(tmp_path / "damaged.ckpt")

@@ -48,7 +48,14 @@ def read_table(source: str, path: Path, required: Sequence[str], optional: Seque
         raise ValueError(f"{source}: {path} lacks column(s) {missing}; expected {list(required)} "
                          f"(and optionally {list(optional)}), found {header}")
     records, rows = [], []
-    for record in reader:
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:  # a field over csv.field_size_limit, a stray NUL, ...
+            raise ValueError(f"{source}: {path} row {reader.line_num}: {error}; is a quote left open, or a whole "
+                             "file pasted into one cell?") from None
         if not any(field.strip() for field in record):
             continue  # blank line
         if len(record) != len(header):
