@@ -242,6 +242,9 @@ def confusion_by_head(logits: dict[str, Tensor], targets: dict[str, Tensor], inf
     out: dict[str, dict[str, Any]] = {}
     for name, target in targets.items():
         known = target >= 0
-        counts = multiclass_confusion_matrix(logits[name][known].argmax(1), target[known], num_classes=len(names[name]))
+        if len(names[name]) < 2:  # one value (an unlabelled folder data set): every sample is read as it
+            counts = torch.tensor([[int(known.sum())]])
+        else:
+            counts = multiclass_confusion_matrix(logits[name][known].argmax(1), target[known], num_classes=len(names[name]))
         out[name.removeprefix(ATTRIBUTE_PREFIX)] = {"values": list(names[name]), "prompted_by_read": counts.tolist()}
     return out

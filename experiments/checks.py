@@ -141,3 +141,16 @@ class CheckBeforeRun(Callback):
             check_run_config(config)
         except ValueError as error:
             raise SystemExit(str(error)) from None  # a plain message, not a traceback
+
+
+def check_data_for_model(model: Any, datamodule: Any, exp: str) -> None:
+    """A model conditioned on the diagnosis needs two or more diagnoses in its training split (checked before training)."""
+    import numpy as np
+
+    if getattr(model, "conditioning", "none") != "label":
+        return
+    present = np.unique(np.asarray(datamodule.train_set.labels))
+    if len(present) < 2:
+        names = [datamodule.info.class_names[int(i)] for i in present]
+        raise ValueError(f"exp={exp} conditions on the diagnosis, but the training split holds only {names or 'none'}: "
+                         "give the data a label column with two or more values, or use an unconditional model (exp=ddpm)")

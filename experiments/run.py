@@ -28,7 +28,7 @@ from callbacks.health import FiniteLoss
 from callbacks.rng import RNGState
 from datamodules.atomic import remove_stale_temp_files
 from experiments.checkpoint_io import AtomicCheckpointIO
-from experiments.checks import RUN_ENTRIES, check_run_config
+from experiments.checks import RUN_ENTRIES, check_data_for_model, check_run_config
 from experiments.command import command
 from experiments.loggers import build_loggers, flat_config
 from experiments.memory_estimate import log_memory_estimate
@@ -117,6 +117,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_generator(cfg.model, datamodule.info)
+    check_data_for_model(model, datamodule, str(cfg.exp_name))  # before training, not in its evaluation
     model = apply_performance(model, channels_last=bool(cfg.performance.channels_last), compile=bool(cfg.performance.compile))
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
 

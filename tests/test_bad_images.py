@@ -75,3 +75,16 @@ def test_a_csv_field_over_the_csv_limit_names_file_and_row(tmp_path: Path) -> No
     (root / "captions.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"captions.csv row 4: field larger than field limit"):
         module(tmp_path, source="folder", root=str(root)).setup()
+
+
+def test_one_diagnosis_fails_before_training_a_label_model_and_a_text_model_is_evaluated(tmp_path: Path) -> None:
+    from experiments.run import run
+    from tests.helpers import compose_config, smoke_overrides
+
+    one = make_folder(tmp_path / "one", count=60, size=24, labels=["nv"])
+    with pytest.raises(ValueError, match=r"exp=ddpm_class conditions on the diagnosis, but the training split holds only \['nv'\]"):
+        run(compose_config(*smoke_overrides(tmp_path / "label", "ddpm_class", "data=folder", f"data.root={one}")))
+    assert not (tmp_path / "label" / "config.yaml").exists()
+    unlabelled = make_folder(tmp_path / "plain", count=60, size=24)
+    metrics = run(compose_config(*smoke_overrides(tmp_path / "text", "hybrid", "data=folder", f"data.root={unlabelled}")))
+    assert (tmp_path / "text" / "metrics.json").is_file() and metrics["cond_accuracy"]["diagnosis"] is None
