@@ -22,6 +22,7 @@ figures, with its plots beside it, so the docs' tables come from runs and not fr
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import shlex
 import shutil
@@ -41,6 +42,7 @@ from evaluation.schema import read_metrics_json  # noqa: E402
 from experiments.command import command  # noqa: E402
 from experiments.report_downstream import downstream_sections  # noqa: E402
 
+log = logging.getLogger(__name__)
 DASH = "—"
 KEY_FIELDS = ("data_fingerprint", "feature_extractor", "eval_split", "num_generated", "judge", "budget")
 # (column title, figure key, interval key in metrics.json intervals (or None), digits, scale)
@@ -103,7 +105,13 @@ def figures_of(run_dir: Path, metrics: dict[str, Any]) -> dict[str, tuple[float 
 def collect_runs(root: Path, select: str = "**/metrics.json") -> list[dict[str, Any]]:
     runs = []
     for path in sorted(root.glob(select)):
-        metrics = read_metrics_json(path)
+        try:
+            metrics = read_metrics_json(path)
+            if not isinstance(metrics.get("provenance"), (dict, type(None))):
+                raise ValueError("provenance is not an object")
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            log.warning("report: skipped %s, which is not a readable metrics.json (%s)", path, error)
+            continue
         runs.append({
             "dir": path.parent, "metrics": metrics, "figures": figures_of(path.parent, metrics),
             "ablation": ablation_of(path.parent), "key": comparability_key(metrics), "settings": settings_of(path.parent, metrics),

@@ -141,3 +141,16 @@ def test_a_run_cut_short_by_the_wall_clock_cap_is_marked(tmp_path: Path) -> None
     _run(tmp_path, "hybrid", 1, fid=12.0, ssim=0.5, cond=0.8)
     (row,) = group_rows(collect_runs(tmp_path))
     assert row["exp"] == "hybrid [1 of 2 run(s) cut short by trainer.max_time]"
+
+
+def test_a_malformed_metrics_json_is_skipped_and_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _run(tmp_path, "hybrid", 0, fid=10.0, ssim=0.5, cond=0.8)
+    broken = tmp_path / "hybrid" / "broken" / "metrics.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"exp": "hybrid", "fid": ')
+    listed = tmp_path / "gan" / "list" / "metrics.json"
+    listed.parent.mkdir(parents=True)
+    listed.write_text("[1, 2]")
+    report = build_report(tmp_path).read_text()
+    assert "| hybrid |" in report and "| gan" not in report
+    assert str(broken) in caplog.text and str(listed) in caplog.text
