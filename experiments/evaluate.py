@@ -44,7 +44,7 @@ from experiments.output_folder import check_output_folder, clear_output_folder, 
 from models.checkpoint import build_stored_datamodule, load_generator, read_checkpoint, stored_config
 from models.generative import SamplingSettings
 
-OWN_KEYS = ("ckpt", "real", "fake", "out", "size", "overwrite", "local_paths")
+OWN_KEYS = ("ckpt", "real", "fake", "out", "size", "overwrite")
 EVALUATE_ENTRIES = ["metrics.json", "eval"]  # what an evaluation writes in its folder (evaluate.json lists them)  # the command's own keys in configs/evaluate.yaml
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -152,7 +152,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str
     checkpoint = read_checkpoint(cfg.ckpt)
     run_cfg = checkpoint_config(stored_config(checkpoint, cfg.ckpt), overrides, "evaluate", OWN_KEYS)
     out, previous = evaluation_folder(cfg.ckpt, cfg.out, str(run_cfg.eval.split), bool(cfg.overwrite))
-    model = load_generator(cfg.ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu", local_paths=list(cfg.local_paths))
+    model = load_generator(cfg.ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu")
     datamodule = build_stored_datamodule(run_cfg.data, f"{cfg.ckpt}: dermsynth_config.data")
     check_data(checkpoint, datamodule, run_cfg.data)
     clear_output_folder(out, previous)

@@ -204,7 +204,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     check_settings(cfg)
     previous = previous_set(cfg.out, bool(cfg.overwrite))  # refuses a folder it may not write to, deletes nothing yet
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    model = load_generator(cfg.ckpt, use_ema=cfg.use_ema, map_location=device, local_paths=list(cfg.local_paths))
+    model = load_generator(cfg.ckpt, use_ema=cfg.use_ema, map_location=device)
     check_conditioning(model, cfg)
     sampling = sampling_settings(model, cfg.guidance_scale, cfg.sampler.name, cfg.sampler.steps)
     reference = load_reference(cfg.reference, model.image_size) if cfg.reference else None

@@ -13,7 +13,7 @@ imported, let alone called.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,36 +167,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
-# Stored settings that name something to load from disk: a shared checkpoint must not choose what is read.
-LOCAL_LOAD_KEYS = ("conditioner.text_encoder.name", "conditioner.fusion.pretrained", "first_stage.path")
-
-
-def names_a_local_path(value: Any) -> bool:
-    """A setting that reads from the local disk: a path, not a hub id or a flag (``owner/name`` ids exist nowhere here)."""
-    if not isinstance(value, str) or not value:
-        return False
-    return value.startswith(("/", "./", "../", "~")) or Path(value).expanduser().exists()
-
-
-def check_local_paths(model_cfg: dict[str, Any], path: str | Path, trusted: Sequence[str]) -> None:
-    """Refuse a stored setting that loads from a local path the user did not name (``local_paths=[...]``)."""
-    for key in LOCAL_LOAD_KEYS:
-        value = OmegaConf.select(OmegaConf.create(model_cfg), key, default=None)
-        if names_a_local_path(value) and str(value) not in {str(t) for t in trusted}:
-            raise UntrustedConfigError(
-                f"{path}: model.{key}={value} would load from a local path the checkpoint names; paths come from your "
-                f"command line: add 'local_paths=[{value}]' to load it"
-            )
-
-
 def load_generator(
-    path: str | Path, use_ema: bool = True, map_location: str | torch.device = "cpu", local_paths: Sequence[str] = (),
+    path: str | Path, use_ema: bool = True, map_location: str | torch.device = "cpu"
 ) -> GenerativeModule:
-    """Rebuild the generator saved at ``path`` (a ``.ckpt`` written by ``experiments.run``).
-
-    ``local_paths``: the local files or folders the user allows the stored config to load from (a text
-    encoder folder, backbone weights, a first stage); any other stored path is refused before building.
-    """
+    """Rebuild the generator saved at ``path`` (a ``.ckpt`` written by ``experiments.run``)."""
     checkpoint = read_checkpoint(path, map_location)
     for key in ("data_info", "state_dict"):
         if key not in checkpoint:
@@ -206,7 +180,6 @@ def load_generator(
     if "model" not in stored:
         raise ValueError(f"{path}: dermsynth_config has no 'model' entry")
     check_targets(stored["model"], "generator", f"{path}: dermsynth_config.model")
-    check_local_paths(stored["model"], path, local_paths)
     config = OmegaConf.create(stored)
     try:
         data_info = DataInfo.from_dict(checkpoint["data_info"])
