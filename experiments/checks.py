@@ -6,10 +6,10 @@ messages that name their own arguments; these name the config key and the value 
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+import os
 from pathlib import Path
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +23,8 @@ CHOICES = {"resume": ("auto", "never", "force"), "on_nonfinite_loss": ("stop", "
 FINITE_POSITIVE = ("model.optimizer.lr", "model.guidance.scale", "trainer.gradient_clip_val")
 FINITE_NON_NEGATIVE = ("model.optimizer.weight_decay", "model.guidance.drop_prob")
 # What experiments.run writes in its folder (run.json lists them); Hydra's own log of the job comes first
-RUN_ENTRIES = ["config.yaml", "checkpoints", "samples", "metrics.json", "eval", "logs", "run.log", "wandb"]
+HYDRA_LOG = "run.log"
+RUN_ENTRIES = ["config.yaml", "checkpoints", "samples", "metrics.json", "eval", "logs", HYDRA_LOG, "wandb"]
 
 
 def _is_int(value: Any) -> bool:
@@ -86,20 +87,56 @@ def is_run_folder(folder: Path) -> bool:
     return (folder / "run.json").is_file() or ((folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir())
 
 
+def launched_as_other_rank() -> bool:
+    """True in a process that DDP, torchrun or SLURM started as a rank other than 0 (rank 0 owns the run folder)."""
+    return any(int(os.environ.get(key) or 0) > 0 for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
+def earlier_run(cfg: DictConfig, folder: Path) -> list[str]:
+    """What the run clears of an earlier run in ``folder`` before writing: [] for a new or empty folder and for a
+    run folder of its own that it resumes (``resume=auto`` with ``checkpoints/last.ckpt``).
+
+    Any other folder follows every command's rule (experiments/output_folder.py): an earlier run that is not
+    resumed is replaced only with ``overwrite=true`` (what its run.json lists), a user's folder never. Raises
+    ``ValueError`` (or ``PermissionError``) naming ``paths.output_dir``. Ranks other than 0 follow rank 0.
+    """
+    if launched_as_other_rank():
+        return []
+    key, overwrite = "paths.output_dir", bool(cfg.get("overwrite", False))
+    entries = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    if entries <= {HYDRA_LOG}:  # new, empty, or holding only Hydra's log of this very job
+        check_output_folder(folder, "run", overwrite=False, key=key)  # a file, a folder it cannot write
+        return []
+    resumable = (folder / "checkpoints" / "last.ckpt").is_file()
+    if is_run_folder(folder) and resumable and cfg.resume != "never":
+        return []
+    why = "resume=never" if resumable else "it has no checkpoints/last.ckpt to resume from"
+    if is_run_folder(folder) and not (folder / "run.json").is_file():  # a run folder from before run.json
+        foreign = sorted(entries - set(RUN_ENTRIES))
+        if foreign:
+            raise ValueError(f"{key}={folder} holds files besides an earlier run's ({', '.join(foreign[:5])}); move them or "
+                             "choose another folder; nothing was deleted")
+        cleared = sorted(entries)
+    else:
+        try:
+            cleared = check_output_folder(folder, "run", overwrite=True, key=key)
+        except ValueError as error:
+            raise ValueError(f"{error} (experiments.run writes only into a new or empty folder, or a run folder of its own)") from None
+    if not overwrite:
+        raise ValueError(f"{key}={folder} holds an earlier run, which this run does not continue ({why}); choose a new "
+                         "folder, or overwrite=true to replace it (only the files the run wrote)")
+    return [name for name in cleared if name != HYDRA_LOG]  # the log of this very job is open: it goes on
+
+
 def output_folder_problems(cfg: DictConfig) -> list[str]:
-    """``paths.output_dir`` must be new, empty or a run folder (which resume=auto continues): never a user's folder."""
+    """``paths.output_dir`` must be new, empty or a run folder of its own (``earlier_run``): never a user's folder."""
     value = OmegaConf.select(cfg, "paths.output_dir", default=None, throw_on_resolution_failure=False)
     if not value:
         return []
-    folder = Path(str(value))
-    if folder.is_dir() and is_run_folder(folder) and not (folder / "run.json").is_file():
-        return []  # a run folder from before run.json: resume treats it as today
-    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {"run.log"}:
-        return []  # new, or holding only Hydra's log of this very job
     try:
-        check_output_folder(folder, "run", overwrite=True, key="paths.output_dir")
+        earlier_run(cfg, Path(str(value)).absolute())
     except (ValueError, PermissionError) as error:
-        return [f"{error} (experiments.run writes only into a new or empty folder, or a run folder of its own)"]
+        return [str(error)]
     return []
 
 
@@ -133,12 +170,21 @@ def _route_problems(cfg: DictConfig) -> list[str]:
     return []
 
 
+# The run folder this process checked before Hydra made it, when it did not exist yet: a run refused while it
+# loads its data or model (after Hydra made the folder) removes it again (experiments.run), so no folder is
+# left holding only a log.
+new_run_folder: Path | None = None
+
+
 class CheckBeforeRun(Callback):
     """Hydra callback: ``check_run_config`` before Hydra makes the run folder (``hydra/run_folder.yaml``)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global new_run_folder
         try:
             check_run_config(config)
+            folder = Path(str(OmegaConf.select(config, "paths.output_dir", default="") or ".")).absolute()
+            new_run_folder = None if folder.exists() or launched_as_other_rank() else folder
         except ValueError as error:
             raise SystemExit(str(error)) from None  # a plain message, not a traceback
 

@@ -10,9 +10,11 @@ on top of it; ``model.guidance.scale``, ``model.sampler.name`` and ``model.sampl
 the checkpoint samples (passed to it as ``SamplingSettings``). A checkpoint's evaluation goes into a
 new folder, ``<run>/eval/<split>_<time>/`` or ``out=DIR``, never over a metrics.json (the run's own
 included); data whose fingerprint differs from the checkpoint's is refused. Folder mode writes into
-``out`` (default: ``fake``) and pairs files by name for SSIM/PSNR; its domain features need ``data=``
-(the data set whose training split the judge learns). Both modes print the metrics as one JSON object
-on the last line of stdout.
+``out`` (default: a new ``<fake>_eval_<time>/`` beside ``fake``: a data set is not written into) and pairs
+files by name for SSIM/PSNR; its domain features need ``data=`` (the data set whose training split the
+judge learns). Either ``out`` follows every command's rule (experiments/output_folder.py: new or empty,
+or an earlier evaluation's, replaced with ``overwrite=true``). Both modes print the metrics as one JSON
+object on the last line of stdout.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from models.checkpoint import build_stored_datamodule, load_generator, read_chec
 from models.generative import SamplingSettings
 
 OWN_KEYS = ("ckpt", "real", "fake", "out", "size", "overwrite")
-EVALUATE_ENTRIES = ["metrics.json", "eval"]  # what an evaluation writes in its folder (evaluate.json lists them)  # the command's own keys in configs/evaluate.yaml
+EVALUATE_ENTRIES = ["metrics.json", "eval"]  # what an evaluation writes in its folder (evaluate.json lists them)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
@@ -175,6 +177,8 @@ def evaluate_two_folders(cfg: DictConfig, overrides: list[str]) -> tuple[dict[st
     has_data = any(o.key_or_group == "data" for o in parse_overrides(overrides))
     if cfg.eval.feature_extractor == "domain" and not has_data:
         raise ValueError("domain features need data=<source> (the judge learns its training split), or use eval.feature_extractor=inception")
+    out = folders_output(cfg.fake, cfg.out)
+    previous = check_output_folder(out, "evaluate", overwrite=bool(cfg.overwrite))  # before anything is computed
     judge = None
     if has_data:
         datamodule = instantiate(cfg.data)
@@ -184,11 +188,18 @@ def evaluate_two_folders(cfg: DictConfig, overrides: list[str]) -> tuple[dict[st
     extractor = build_feature_extractor(cfg.eval.feature_extractor, judge)
     # Domain features are only valid at the size the judge learned; Inception resizes itself.
     size = cfg.size or (cfg.data.image_size if has_data else None)
-    out = Path(cfg.out or cfg.fake)
-    if (out / "metrics.json").exists() and not cfg.overwrite:
-        raise ValueError(f"{out / 'metrics.json'} exists; give another out=DIR, or overwrite=true to replace it")
     metrics = evaluate_folders(cfg.real, cfg.fake, cfg.eval, extractor, int(size) if size else None)
+    clear_output_folder(out, previous)
+    write_manifest(out, "evaluate", EVALUATE_ENTRIES, {"real": str(cfg.real), "fake": str(cfg.fake), "overrides": overrides})
     return metrics, out
+
+
+def folders_output(fake: str | Path, out: str | Path | None) -> Path:
+    """Folder mode's ``out``: as given, or a new ``<fake>_eval_<time>/`` beside ``fake`` (never inside a data set)."""
+    if out is not None:
+        return Path(out)
+    fake = Path(fake).absolute()
+    return fake.parent / f"{fake.name}_eval_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
