@@ -11,6 +11,7 @@ leaves one behind, and ``remove_stale_temp_files`` clears them at the next start
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -42,12 +43,30 @@ def atomic_path(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
     try:
         yield temp
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
         if temp.is_dir():
             shutil.rmtree(temp, ignore_errors=True)
         else:
             temp.unlink(missing_ok=True)
+        if isinstance(error, Exception) and disk_full(error, path.parent):
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(errno.ENOSPC, f"no space left on device writing {path} ({free} bytes free there); free space on that "
+                          "disk, or point the output (paths.*) or the cache (DERMSYNTH_CACHE) elsewhere") from error
         raise
+
+
+def disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of disk: ENOSPC anywhere in the exception chain (torch's writer loses the
+    errno in a RuntimeError, so a write error on a disk with under 1 MiB free counts too)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return isinstance(error, (OSError, RuntimeError)) and "write" in str(error).lower() and shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
 
 
 @contextmanager

@@ -325,3 +325,38 @@ class _PixelFeatures:
 
     def provenance(self) -> dict:
         return {"name": self.name}
+
+
+def test_a_full_disk_says_so_and_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    from datamodules.atomic import atomic_path, write_text_atomic
+
+    real_open = open
+
+    def full_disk_open(file, mode="r", *args, **kwargs):  # noqa: ANN001 - open's own signature
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and str(file).endswith(".tmp"):
+            handle.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return handle
+
+    monkeypatch.setattr("builtins.open", full_disk_open)
+    with pytest.raises(OSError, match=rf"no space left on device writing {tmp_path / 'a.txt'}"):
+        write_text_atomic(tmp_path / "a.txt", "x")
+    monkeypatch.setattr("builtins.open", real_open)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 0))
+
+    def torch_writer_failure(obj, path):  # noqa: ANN001 - torch.save's failure on a full disk carries no errno
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", torch_writer_failure)
+    with pytest.raises(OSError, match=r"no space left on device writing .*last.ckpt \(0 bytes free there\)"):
+        with atomic_path(tmp_path / "last.ckpt") as temp:
+            torch.save({}, temp)
+    assert not list(tmp_path.glob(".*.tmp"))
