@@ -105,7 +105,8 @@ def earlier_run(cfg: DictConfig, folder: Path) -> list[str]:
     key, overwrite = "paths.output_dir", bool(cfg.get("overwrite", False))
     entries = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     if entries <= {HYDRA_LOG}:  # new, empty, or holding only Hydra's log of this very job
-        check_output_folder(folder, "run", overwrite=False, key=key)  # a file, a folder it cannot write
+        if not entries:
+            check_output_folder(folder, "run", overwrite=False, key=key)  # a file, a folder it cannot write
         return []
     resumable = (folder / "checkpoints" / "last.ckpt").is_file()
     if is_run_folder(folder) and resumable and cfg.resume != "never":
