@@ -191,7 +191,8 @@ def synthetic_set(cfg: DictConfig, kind: str, fraction: float, datamodule: Any, 
             if str(saved["key"]) == key:
                 return LabelledImages(saved["images"], saved["labels"], datamodule.augmentation)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, sampling = load_generator(path, map_location=device), sampling_settings(cfg)
+    model = load_generator(path, map_location=device, cache_dir=cfg.paths.cache_dir, local_files=cfg.local_files)
+    sampling = sampling_settings(cfg)
     context["generators"][kind][f"{fraction:g}"].update(sampler=model.sampling_description(sampling), nfe=model.nfe(sampling))
     images, labels = synthetic_images(model, datamodule, int(cfg.num_synthetic), int(cfg.seed), int(cfg.generators.batch_size),
                                       sampling=sampling, progress=bool(cfg.progress))

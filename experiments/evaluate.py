@@ -46,7 +46,7 @@ from experiments.output_folder import check_output_folder, clear_output_folder, 
 from models.checkpoint import build_stored_datamodule, load_generator, read_checkpoint, stored_config
 from models.generative import SamplingSettings
 
-OWN_KEYS = ("ckpt", "real", "fake", "out", "size", "overwrite")
+OWN_KEYS = ("ckpt", "real", "fake", "out", "size", "overwrite", "local_files")
 EVALUATE_ENTRIES = ["metrics.json", "eval"]  # what an evaluation writes in its folder (evaluate.json lists them)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -140,7 +140,7 @@ def check_data(checkpoint: dict[str, Any], datamodule: Any, data_cfg: Any) -> No
     if trained and datamodule.info.fingerprint != trained:
         stored = ((checkpoint.get("dermsynth_config") or {}).get("data")) or {}
         current = OmegaConf.to_container(data_cfg, resolve=True)
-        differing = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        differing = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k) and k != "cache_dir")
         raise ValueError(
             f"data fingerprint {datamodule.info.fingerprint} differs from the checkpoint's {trained} "
             f"(data keys that differ from the checkpoint's config: {differing or 'none: the files on disk changed'}); "
@@ -154,7 +154,8 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str
     checkpoint = read_checkpoint(cfg.ckpt)
     run_cfg = checkpoint_config(stored_config(checkpoint, cfg.ckpt), overrides, "evaluate", OWN_KEYS)
     out, previous = evaluation_folder(cfg.ckpt, cfg.out, str(run_cfg.eval.split), bool(cfg.overwrite))
-    model = load_generator(cfg.ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu")
+    model = load_generator(cfg.ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu",
+                           cache_dir=run_cfg.paths.cache_dir, local_files=cfg.local_files)
     datamodule = build_stored_datamodule(run_cfg.data, f"{cfg.ckpt}: dermsynth_config.data")
     check_data(checkpoint, datamodule, run_cfg.data)
     clear_output_folder(out, previous)
