@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def check_run_config(cfg: DictConfig) -> None:
 
 
 def _number_problems(cfg: DictConfig) -> list[str]:
-    problems = []
+    problems, named = [], set()
     for keys, strict, rule in ((FINITE_POSITIVE, True, "a finite number > 0"), (FINITE_NON_NEGATIVE, False, "a finite number >= 0")):
         for key in keys:
             value = OmegaConf.select(cfg, key, default=None)
@@ -64,7 +65,37 @@ def _number_problems(cfg: DictConfig) -> list[str]:
             number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
             if not math.isfinite(number) or number < 0 or (strict and number == 0):
                 problems.append(f"{key}={value}: must be {rule}")
+                named.add(key)
+    # Anywhere else: NaN or infinity, and learning rates (the GAN's two optimisers, the text encoder's, ...) that are not > 0
+    run_keys = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])  # Hydra's node resolves only inside its job
+    # a value interpolated from another key (callbacks.evaluate.eval_cfg: ${eval}) is named once, where it is set
+    copies = tuple(k for k, v in _leaves(OmegaConf.to_container(run_keys, resolve=False)) if isinstance(v, str) and "${" in v)
+    for key, value in _leaves(OmegaConf.to_container(run_keys, resolve=True, throw_on_missing=False)):
+        name = key.rsplit(".", 1)[-1]
+        if key in named or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if any(key == c or key.startswith((f"{c}.", f"{c}[")) for c in copies):
+            continue
+        if not math.isfinite(value):
+            problems.append(f"{key}={value}: must be a finite number")
+        elif (name == "lr" or name.endswith("_lr")) and value <= 0:
+            problems.append(f"{key}={value}: a learning rate must be > 0")
+    levels = OmegaConf.select(cfg, "model.noise.num_train_timesteps", default=None)
+    steps = OmegaConf.select(cfg, "model.sampler.steps", default=None)
+    if steps is not None and not (_is_int(steps) and 1 <= steps <= (levels or steps)):
+        problems.append(f"model.sampler.steps={steps}: must be an integer in [1, {levels}] (the model's noise levels)")
     return problems
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _leaves(value, f"{prefix}[{index}]")
+    else:
+        yield prefix, node
 
 
 def check_sampling(guidance: tuple[str, Any], steps: tuple[str, Any]) -> None:
@@ -80,6 +111,13 @@ def check_sampling(guidance: tuple[str, Any], steps: tuple[str, Any]) -> None:
             raise ValueError(f"{guidance_key}={scale}: must be a finite number >= 0 (1 = no guidance)")
     if count is not None and not (_is_int(count) and count > 0):
         raise ValueError(f"{steps_key}={count}: must be a positive integer")
+
+
+def check_steps_for(model: Any, key: str, steps: Any) -> None:
+    """A sampler cannot take more steps than the model has noise levels: refused once the model is loaded, naming ``key``."""
+    levels = getattr(getattr(model, "noise", None), "num_train_timesteps", None)
+    if steps is not None and levels is not None and int(steps) > int(levels):
+        raise ValueError(f"{key}={steps}: the model has {levels} noise levels, so at most {levels} sampling steps")
 
 
 def is_run_folder(folder: Path) -> bool:

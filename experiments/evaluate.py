@@ -39,7 +39,7 @@ from evaluation.protocol import NO_INCEPTION_SCORE, evaluate_generator
 from evaluation.provenance import code_provenance
 from evaluation.reconstruction import image_quality
 from evaluation.schema import empty_metrics, read_metrics_json, write_metrics_json
-from experiments.checks import check_sampling
+from experiments.checks import check_sampling, check_steps_for
 from experiments.command import command, task_overrides
 from experiments.compose import checkpoint_config, parse_overrides, with_checkpoint_data
 from experiments.output_folder import check_output_folder, clear_output_folder, write_manifest
@@ -156,6 +156,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str
     out, previous = evaluation_folder(cfg.ckpt, cfg.out, str(run_cfg.eval.split), bool(cfg.overwrite))
     model = load_generator(cfg.ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu",
                            cache_dir=run_cfg.paths.cache_dir, local_files=cfg.local_files)
+    check_steps_for(model, "model.sampler.steps", sampling.steps)
     datamodule = build_stored_datamodule(run_cfg.data, f"{cfg.ckpt}: dermsynth_config.data")
     check_data(checkpoint, datamodule, run_cfg.data)
     clear_output_folder(out, previous)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from datamodules.info import DataInfo
 from datamodules.licences import write_notice
 from evaluation.data import take
-from experiments.checks import check_sampling
+from experiments.checks import check_sampling, check_steps_for
 from experiments.command import command
 from experiments.generated_set import clear_previous_set, planned_files, previous_set, write_manifest
 from models.conditioners import prompt_conditions
@@ -56,6 +56,7 @@ def load_reference(path: str | Path, size: int) -> Tensor:
 
 def sampling_settings(model: GenerativeModule, guidance_scale: float | None, sampler: str | None, steps: int | None) -> SamplingSettings:
     """The requested sampling overrides; one the model has no such setting for fails clearly."""
+    check_steps_for(model, "sampler.steps", steps)
     settings = SamplingSettings(sampler=sampler, steps=None if steps is None else int(steps), guidance_scale=guidance_scale)
     described = model.sampling_description()
     for name, value in (("sampler", sampler), ("steps", steps), ("guidance_scale", guidance_scale)):

@@ -87,3 +87,13 @@ def test_a_run_refused_while_loading_its_data_leaves_no_folder(tmp_path: Path) -
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "unknown" in result.stderr.splitlines()[-1]
     assert not output_dir.exists()  # Hydra made it for the job; the refused run takes it away again
+
+
+def test_more_sampling_steps_than_noise_levels_are_refused_before_writing(checkpoint: Path, tmp_path: Path) -> None:
+    from experiments.compose import compose_config
+    from experiments.generate import generate
+
+    out = tmp_path / "set"
+    with pytest.raises(ValueError, match=r"^sampler.steps=5000: the model has 1000 noise levels"):
+        generate(compose_config("generate", [f"ckpt={checkpoint}", f"out={out}", "sampler.steps=5000", "progress=false"]))
+    assert not out.exists()
