@@ -31,6 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from datamodules.transforms import read_rgb
 from evaluation.data import cache_root
 from evaluation.features import FeatureExtractor, build_feature_extractor, extract
 from evaluation.fid import distribution_figures
@@ -60,9 +61,9 @@ def load_folder(folder: str | Path, size: int | None = None) -> tuple[list[str],
     images = []
     for path in files:
         try:
-            image = Image.open(path).convert("RGB")
+            image = read_rgb(path)  # 16-bit scaled, a truncated file refused: never a silently white or black image
         except OSError as error:
-            raise ValueError(f"cannot read image {path}: {error}") from error
+            raise ValueError(f"cannot read image {path}: {error}") from None
         size = size or image.width
         image = image.resize((size, size), Image.BICUBIC) if image.size != (size, size) else image
         images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))

@@ -44,13 +44,12 @@ log = logging.getLogger(__name__)
 
 def load_reference(path: str | Path, size: int) -> Tensor:
     """A reference image file -> (1, 3, size, size) in [-1, 1] (short side resized, centre crop)."""
-    from datamodules.transforms import square
+    from datamodules.transforms import read_rgb, square
 
     try:
-        with Image.open(path) as image:
-            array = square(image.convert("RGB"), size)
+        array = square(read_rgb(path), size)
     except OSError as error:
-        raise ValueError(f"cannot read reference image {path}: {error}") from error
+        raise ValueError(f"cannot read reference image {path}: {error}") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
