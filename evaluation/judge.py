@@ -19,18 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from safetensors.torch import load_file, save
 from torch import Tensor
 
 from datamodules.atomic import atomic_path
 from datamodules.info import DataInfo
-from evaluation.data import collect, split_hash, subset_indices
-from models.classifier import SkinClassifier, batch_targets, head_accuracy, head_sizes, train_classifier
+from evaluation.data import collect, split_hash, subset_indices, unaugmented
+from models.classifier import SkinClassifier, batch_targets, fit_frozen_heads, head_accuracy, head_sizes, train_classifier
 
 log = logging.getLogger(__name__)
 # Every setting that changes the judge's weights (its cache key).
-JUDGE_SETTINGS = ("arch", "pretrained", "input_size", "epochs", "batch_size", "lr", "seed", "max_train_images")
+JUDGE_SETTINGS = ("arch", "pretrained", "input_size", "epochs", "batch_size", "lr", "seed", "max_train_images", "frozen")
 
 
 @dataclass
@@ -60,7 +61,7 @@ class Judge:
 
 def judge_key(info: DataInfo, train_set: Any, judge_cfg: Any) -> str:
     """Cache key: the data (fingerprint, size, split) and every setting that changes the weights."""
-    settings = {k: judge_cfg[k] for k in JUDGE_SETTINGS}
+    settings = {k: judge_cfg.get(k) for k in JUDGE_SETTINGS}
     text = json.dumps({"data": info.to_dict(), "split": split_hash(train_set), **settings}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -102,7 +103,14 @@ def train_judge(datamodule: Any, judge_cfg: Any, progress: bool = False, device:
     limit = judge_cfg.get("max_train_images")
     if limit is not None and limit < len(train_set):
         train_set = torch.utils.data.Subset(train_set, subset_indices(len(train_set), limit, judge_cfg["seed"]))
-    log.info("Training the domain judge (%s) on %d real training images", judge_cfg["arch"], len(train_set))
+    log.info("Training the domain judge (%s%s) on %d real training images", judge_cfg["arch"],
+             ", frozen backbone, linear heads" if judge_cfg.get("frozen") else "", len(train_set))
+    if judge_cfg.get("frozen"):
+        L.seed_everything(judge_cfg["seed"], workers=True, verbose=False)
+        model = SkinClassifier(head_sizes(datamodule.info), arch=judge_cfg["arch"], pretrained=judge_cfg["pretrained"],
+                               input_size=judge_cfg["input_size"], augment=False)
+        return fit_frozen_heads(model, unaugmented(train_set) if not isinstance(train_set, torch.utils.data.Subset) else train_set,
+                                judge_cfg["seed"], progress=progress)
     return train_classifier(
         head_sizes(datamodule.info), train_set, judge_cfg["epochs"], judge_cfg["batch_size"], judge_cfg["seed"],
         arch=judge_cfg["arch"], lr=judge_cfg["lr"], augment=True, progress=progress,

