@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import zlib
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
 
 
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))  # x0, y0, dx, dy
 
 
 def check_png_complete(path: Path | str, image: Image.Image) -> None:
@@ -49,8 +52,8 @@ def check_png_complete(path: Path | str, image: Image.Image) -> None:
     with open(path, "rb") as stream:
         data = stream.read()
     width, height, depth, colour, interlace = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), data[24], data[25], data[28]
-    if interlace or colour not in PNG_CHANNELS:
-        return  # Adam7 passes: not checked
+    if colour not in PNG_CHANNELS:
+        return  # Pillow refuses it itself
     position, compressed = 8, []
     while position + 8 <= len(data):
         length = int.from_bytes(data[position : position + 4], "big")
@@ -60,14 +63,40 @@ def check_png_complete(path: Path | str, image: Image.Image) -> None:
         if kind == b"IEND":
             break
         position += 12 + length
-    expected = height * (1 + math.ceil(width * depth * PNG_CHANNELS[colour] / 8))
+    bits = depth * PNG_CHANNELS[colour]
+
+    def rows(columns: int, count: int) -> int:  # a filter byte per row, then the packed samples
+        return count * (1 + math.ceil(columns * bits / 8)) if columns > 0 and count > 0 else 0
+
+    passes = ADAM7 if interlace else ((0, 0, 1, 1),)
+    expected = sum(rows(math.ceil((width - x0) / dx), math.ceil((height - y0) / dy)) for x0, y0, dx, dy in passes)
     try:
-        held = len(zlib.decompressobj().decompress(b"".join(compressed)))
+        held = len(zlib.decompressobj().decompress(b"".join(compressed), expected + 1))  # no more than it needs
     except zlib.error as error:
         raise TruncatedImageError(f"image {path}: damaged PNG data ({error})") from None
     if held < expected:
         raise TruncatedImageError(f"image {path} holds {held} of the {expected} bytes of pixel rows its header promises "
                                   f"({width}x{height}): truncated or damaged")
+
+
+@contextmanager
+def open_image(path: Path | str) -> Iterator[Image.Image]:
+    """``Image.open(path)``, whose refusal of a decompression bomb names the file (a ``ValueError``)."""
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"image {path} has more pixels than Pillow's safety limit ({error}); it may be a decompression bomb") from None
+    with opened as image:
+        yield image
+
+
+def read_rgb(path: Path | str) -> Image.Image:
+    """An image file as a loaded 8-bit RGB image: 16-bit scaled, a truncated PNG or a bomb refused naming the file."""
+    with open_image(path) as image:
+        check_png_complete(path, image)
+        rgb = to_8bit(image).convert("RGB")
+        rgb.load()
+        return rgb
 
 
 def load_square(path: Path | str, size: int, allow_upscale: bool = False) -> np.ndarray:
@@ -78,11 +107,7 @@ def load_square(path: Path | str, size: int, allow_upscale: bool = False) -> np.
     scaled to 8 bits; a PNG with fewer rows than its header promises and an image over Pillow's
     decompression-bomb limit raise an error naming the file.
     """
-    try:
-        opened = Image.open(path)
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"image {path} has more pixels than Pillow's safety limit ({error}); it may be a decompression bomb") from None
-    with opened as image:
+    with open_image(path) as image:
         check_png_complete(path, image)
         width, height = image.size
         if min(width, height) < size and not allow_upscale:

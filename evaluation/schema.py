@@ -130,6 +130,8 @@ def write_metrics_json(path: str | Path, metrics: dict[str, Any]) -> Path:
 def read_metrics_json(path: str | Path) -> dict[str, Any]:
     """Read a metrics.json, filling keys written by older versions with None (``nulls``: {})."""
     data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a metrics object")
     metrics = {**empty_metrics(), **{k: v for k, v in data.items() if k in METRIC_KEYS}}
     metrics["nulls"] = metrics["nulls"] or {}
     return metrics

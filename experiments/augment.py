@@ -9,7 +9,8 @@ For every real fraction (``data.train_fraction``), the generators are trained on
 each, and one classifier per (arm, seed) is trained (``evaluation.downstream``) and read on the whole
 real test split. Each cell is written atomically to ``<out>/cells/`` as it finishes; a second call with
 the same ``out`` skips the finished cells (and reuses generators and synthetic sets), so an interrupted
-run resumes. ``<out>/downstream.json`` holds every cell, the summary (figures over seeds, deltas against
+run resumes (``resume=never overwrite=true`` starts afresh; ``out`` follows every command's rule, so a folder
+holding anything else is refused: experiments/output_folder.py). ``<out>/downstream.json`` holds every cell, the summary (figures over seeds, deltas against
 ``real`` and ``real_balanced`` paired by seed, with intervals) and the protocol; the plot of Δ balanced
 accuracy against the real fraction goes beside it, and ``python -m experiments.report`` adds both to
 report.md. The last stdout line is the headline as one JSON object. Settings: configs/augment.yaml.
@@ -39,18 +40,25 @@ from evaluation.provenance import code_provenance, file_hash
 from experiments.augment_generators import generator_checkpoint, generator_spec, run_overrides, sampling_settings
 from experiments.command import command, task_overrides
 from experiments.compose import compose_config
+from experiments.output_folder import check_output_folder, clear_output_folder, write_manifest
 from experiments.report_downstream import headline, plot_deltas
 from models.checkpoint import load_generator
+
+COMMAND = "augment"
+ENTRIES = ["cells", "synthetic", "generators", "downstream.json", "downstream_delta_balanced_accuracy.png"]
 
 
 def augment(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     """The command (``cfg`` composed from configs/augment.yaml); ``overrides``: its command line (default: Hydra's)."""
     started = time.perf_counter()
     check_settings(cfg)
+    previous = earlier_output(cfg)  # a folder it may not write into is refused before anything is trained
     overrides = task_overrides() if overrides is None else list(overrides)
     fractions = [float(f) for f in cfg.real_fractions]
     datamodules = {f: fraction_datamodule(cfg.data, f) for f in fractions}
     context = shared_context(cfg, datamodules)
+    clear_output_folder(cfg.out, previous)
+    write_manifest(cfg.out, COMMAND, ENTRIES, complete=False)
     context.update(out=Path(cfg.out), forwarded=run_overrides(overrides, set(cfg.keys()) - set(compose_config("config").keys())))
     cells: list[dict[str, Any]] = []
     with tqdm(total=len(fractions) * len(cfg.arms) * len(cfg.seeds), desc="downstream cells", disable=not cfg.progress) as bar:
@@ -72,7 +80,31 @@ def augment(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, An
     }
     write_text_atomic(context["out"] / "downstream.json", json.dumps(results, indent=1))
     plot_deltas(results, context["out"] / "downstream_delta_balanced_accuracy.png")
+    write_manifest(context["out"], COMMAND, ENTRIES, complete=True)
     return results
+
+
+def earlier_output(cfg: DictConfig) -> list[str]:
+    """What this call clears of an earlier benchmark in ``out``: [] for a new or empty folder, and for its own earlier
+    benchmark that it continues (finished cells kept); ``resume=never overwrite=true`` replaces that one instead.
+
+    ``out`` follows every command's rule (experiments/output_folder.py): a folder holding anything else is refused.
+    """
+    out = Path(cfg.out)
+    listed = (out / f"{COMMAND}.json").is_file()
+    if listed or not (out / "cells").is_dir():
+        if listed and cfg.resume != "never":
+            check_output_folder(out, COMMAND, overwrite=True)  # refuses files besides its own; deletes nothing
+            return []
+        return check_output_folder(out, COMMAND, overwrite=bool(cfg.overwrite))
+    entries = sorted(p.name for p in out.iterdir())  # a benchmark from before augment.json: its entries are ENTRIES
+    foreign = [name for name in entries if name not in ENTRIES]
+    if foreign:
+        raise ValueError(f"out={out} holds files besides an earlier benchmark's ({', '.join(foreign[:5])}); move them or "
+                         "choose another folder; nothing was deleted")
+    if cfg.resume == "never" and not cfg.overwrite:
+        raise ValueError(f"out={out} holds an earlier benchmark (resume=never); choose a new folder, or overwrite=true to replace it")
+    return entries if cfg.resume == "never" else []
 
 
 def shared_context(cfg: DictConfig, datamodules: dict[float, Any]) -> dict[str, Any]:
@@ -191,7 +223,8 @@ def synthetic_set(cfg: DictConfig, kind: str, fraction: float, datamodule: Any, 
             if str(saved["key"]) == key:
                 return LabelledImages(saved["images"], saved["labels"], datamodule.augmentation)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, sampling = load_generator(path, map_location=device), sampling_settings(cfg)
+    model = load_generator(path, map_location=device, cache_dir=cfg.paths.cache_dir, local_files=cfg.local_files)
+    sampling = sampling_settings(cfg)
     context["generators"][kind][f"{fraction:g}"].update(sampler=model.sampling_description(sampling), nfe=model.nfe(sampling))
     images, labels = synthetic_images(model, datamodule, int(cfg.num_synthetic), int(cfg.seed), int(cfg.generators.batch_size),
                                       sampling=sampling, progress=bool(cfg.progress))

@@ -60,6 +60,7 @@ def generator_run_config(cfg: DictConfig, kind: str, fraction: float, forwarded:
     overrides = [
         f"exp={cfg.generators[kind].exp}", *cfg.generators.overrides, *forwarded,
         f"data.train_fraction={fraction}", f"paths.output_dir={folder}", *([f"trainer.max_steps={int(steps)}"] if steps else []),
+        "overwrite=true",  # the folder is this command's: a generator stopped before its first checkpoint starts again
     ]
     return compose_config("config", overrides)
 

@@ -10,9 +10,11 @@ on top of it; ``model.guidance.scale``, ``model.sampler.name`` and ``model.sampl
 the checkpoint samples (passed to it as ``SamplingSettings``). A checkpoint's evaluation goes into a
 new folder, ``<run>/eval/<split>_<time>/`` or ``out=DIR``, never over a metrics.json (the run's own
 included); data whose fingerprint differs from the checkpoint's is refused. Folder mode writes into
-``out`` (default: ``fake``) and pairs files by name for SSIM/PSNR; its domain features need ``data=``
-(the data set whose training split the judge learns). Both modes print the metrics as one JSON object
-on the last line of stdout.
+``out`` (default: a new ``<fake>_eval_<time>/`` beside ``fake``: a data set is not written into) and pairs
+files by name for SSIM/PSNR; its domain features need ``data=`` (the data set whose training split the
+judge learns). Either ``out`` follows every command's rule (experiments/output_folder.py: new or empty,
+or an earlier evaluation's, replaced with ``overwrite=true``). Both modes print the metrics as one JSON
+object on the last line of stdout.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from datamodules.transforms import read_rgb
 from evaluation.data import cache_root
 from evaluation.features import FeatureExtractor, build_feature_extractor, extract
 from evaluation.fid import distribution_figures
@@ -37,15 +40,15 @@ from evaluation.protocol import NO_INCEPTION_SCORE, evaluate_generator
 from evaluation.provenance import code_provenance
 from evaluation.reconstruction import image_quality
 from evaluation.schema import empty_metrics, read_metrics_json, write_metrics_json
-from experiments.checks import check_sampling
+from experiments.checks import check_sampling, check_steps_for
 from experiments.command import command, task_overrides
 from experiments.compose import checkpoint_config, parse_overrides, with_checkpoint_data
 from experiments.output_folder import check_output_folder, clear_output_folder, write_manifest
 from models.checkpoint import build_stored_datamodule, load_generator, read_checkpoint, stored_config
 from models.generative import SamplingSettings
 
-OWN_KEYS = ("ckpt", "real", "fake", "out", "size", "overwrite")
-EVALUATE_ENTRIES = ["metrics.json", "eval"]  # what an evaluation writes in its folder (evaluate.json lists them)  # the command's own keys in configs/evaluate.yaml
+OWN_KEYS = ("ckpt", "real", "fake", "out", "size", "overwrite", "local_files")
+EVALUATE_ENTRIES = ["metrics.json", "eval"]  # what an evaluation writes in its folder (evaluate.json lists them)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
@@ -58,9 +61,9 @@ def load_folder(folder: str | Path, size: int | None = None) -> tuple[list[str],
     images = []
     for path in files:
         try:
-            image = Image.open(path).convert("RGB")
+            image = read_rgb(path)  # 16-bit scaled, a truncated file refused: never a silently white or black image
         except OSError as error:
-            raise ValueError(f"cannot read image {path}: {error}") from error
+            raise ValueError(f"cannot read image {path}: {error}") from None
         size = size or image.width
         image = image.resize((size, size), Image.BICUBIC) if image.size != (size, size) else image
         images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
@@ -138,7 +141,7 @@ def check_data(checkpoint: dict[str, Any], datamodule: Any, data_cfg: Any) -> No
     if trained and datamodule.info.fingerprint != trained:
         stored = ((checkpoint.get("dermsynth_config") or {}).get("data")) or {}
         current = OmegaConf.to_container(data_cfg, resolve=True)
-        differing = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        differing = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k) and k != "cache_dir")
         raise ValueError(
             f"data fingerprint {datamodule.info.fingerprint} differs from the checkpoint's {trained} "
             f"(data keys that differ from the checkpoint's config: {differing or 'none: the files on disk changed'}); "
@@ -152,7 +155,9 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str
     checkpoint = read_checkpoint(cfg.ckpt)
     run_cfg = checkpoint_config(stored_config(checkpoint, cfg.ckpt), overrides, "evaluate", OWN_KEYS)
     out, previous = evaluation_folder(cfg.ckpt, cfg.out, str(run_cfg.eval.split), bool(cfg.overwrite))
-    model = load_generator(cfg.ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu")
+    model = load_generator(cfg.ckpt, map_location="cuda" if torch.cuda.is_available() else "cpu",
+                           cache_dir=run_cfg.paths.cache_dir, local_files=cfg.local_files)
+    check_steps_for(model, "model.sampler.steps", sampling.steps)
     datamodule = build_stored_datamodule(run_cfg.data, f"{cfg.ckpt}: dermsynth_config.data")
     check_data(checkpoint, datamodule, run_cfg.data)
     clear_output_folder(out, previous)
@@ -175,6 +180,8 @@ def evaluate_two_folders(cfg: DictConfig, overrides: list[str]) -> tuple[dict[st
     has_data = any(o.key_or_group == "data" for o in parse_overrides(overrides))
     if cfg.eval.feature_extractor == "domain" and not has_data:
         raise ValueError("domain features need data=<source> (the judge learns its training split), or use eval.feature_extractor=inception")
+    out = folders_output(cfg.fake, cfg.out)
+    previous = check_output_folder(out, "evaluate", overwrite=bool(cfg.overwrite))  # before anything is computed
     judge = None
     if has_data:
         datamodule = instantiate(cfg.data)
@@ -184,11 +191,18 @@ def evaluate_two_folders(cfg: DictConfig, overrides: list[str]) -> tuple[dict[st
     extractor = build_feature_extractor(cfg.eval.feature_extractor, judge)
     # Domain features are only valid at the size the judge learned; Inception resizes itself.
     size = cfg.size or (cfg.data.image_size if has_data else None)
-    out = Path(cfg.out or cfg.fake)
-    if (out / "metrics.json").exists() and not cfg.overwrite:
-        raise ValueError(f"{out / 'metrics.json'} exists; give another out=DIR, or overwrite=true to replace it")
     metrics = evaluate_folders(cfg.real, cfg.fake, cfg.eval, extractor, int(size) if size else None)
+    clear_output_folder(out, previous)
+    write_manifest(out, "evaluate", EVALUATE_ENTRIES, {"real": str(cfg.real), "fake": str(cfg.fake), "overrides": overrides})
     return metrics, out
+
+
+def folders_output(fake: str | Path, out: str | Path | None) -> Path:
+    """Folder mode's ``out``: as given, or a new ``<fake>_eval_<time>/`` beside ``fake`` (never inside a data set)."""
+    if out is not None:
+        return Path(out)
+    fake = Path(fake).absolute()
+    return fake.parent / f"{fake.name}_eval_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:

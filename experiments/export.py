@@ -145,7 +145,7 @@ def export(cfg: DictConfig) -> Path:
     from models.checkpoint import load_generator
 
     previous = check_output_folder(cfg.out, "export", overwrite=bool(cfg.overwrite))  # before anything loads
-    model = load_generator(cfg.ckpt, use_ema=bool(cfg.use_ema))
+    model = load_generator(cfg.ckpt, use_ema=bool(cfg.use_ema), local_files=cfg.local_files)
     clear_output_folder(cfg.out, previous)
     write_manifest(cfg.out, "export", EXPORT_ENTRIES, {"ckpt": str(cfg.ckpt)}, complete=False)
     out = export_model(model, cfg.out)

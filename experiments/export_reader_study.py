@@ -28,7 +28,7 @@ from experiments.evaluate import check_data
 from experiments.output_folder import check_output_folder, write_manifest
 from models.checkpoint import build_stored_datamodule, load_generator, read_checkpoint, stored_config
 
-OWN_KEYS = ("ckpt", "out", "key_out", "num_real", "num_synthetic", "split", "display_size", "study_seed", "batch_size")
+OWN_KEYS = ("ckpt", "out", "key_out", "num_real", "num_synthetic", "split", "display_size", "study_seed", "batch_size", "overwrite", "local_files")
 
 
 def export_reader_study(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def export_reader_study(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]
         check_output_folder(folder, "export_reader_study", overwrite=False, key=key)  # a study is never replaced
     checkpoint = read_checkpoint(cfg.ckpt)
     run_cfg = checkpoint_config(stored_config(checkpoint, cfg.ckpt), overrides, "export_reader_study", OWN_KEYS)
-    model = load_generator(cfg.ckpt)
+    model = load_generator(cfg.ckpt, cache_dir=run_cfg.paths.cache_dir, local_files=cfg.local_files)
     datamodule = build_stored_datamodule(run_cfg.data, f"{cfg.ckpt}: dermsynth_config.data")
     check_data(checkpoint, datamodule, run_cfg.data)
     names = list(datamodule.info.class_names)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from datamodules.info import DataInfo
 from datamodules.licences import write_notice
 from evaluation.data import take
-from experiments.checks import check_sampling
+from experiments.checks import check_sampling, check_steps_for
 from experiments.command import command
 from experiments.generated_set import clear_previous_set, planned_files, previous_set, write_manifest
 from models.conditioners import prompt_conditions
@@ -44,18 +44,18 @@ log = logging.getLogger(__name__)
 
 def load_reference(path: str | Path, size: int) -> Tensor:
     """A reference image file -> (1, 3, size, size) in [-1, 1] (short side resized, centre crop)."""
-    from datamodules.transforms import square
+    from datamodules.transforms import read_rgb, square
 
     try:
-        with Image.open(path) as image:
-            array = square(image.convert("RGB"), size)
+        array = square(read_rgb(path), size)
     except OSError as error:
-        raise ValueError(f"cannot read reference image {path}: {error}") from error
+        raise ValueError(f"cannot read reference image {path}: {error}") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def sampling_settings(model: GenerativeModule, guidance_scale: float | None, sampler: str | None, steps: int | None) -> SamplingSettings:
     """The requested sampling overrides; one the model has no such setting for fails clearly."""
+    check_steps_for(model, "sampler.steps", steps)
     settings = SamplingSettings(sampler=sampler, steps=None if steps is None else int(steps), guidance_scale=guidance_scale)
     described = model.sampling_description()
     for name, value in (("sampler", sampler), ("steps", steps), ("guidance_scale", guidance_scale)):
@@ -180,11 +180,16 @@ def build_conditions(model: GenerativeModule, cfg: DictConfig) -> tuple[dict[str
     if model.conditioning == "none":
         return None, {}
     if cfg.balanced:
+        from datamodules.cache import default_cache_dir
         from models.checkpoint import build_stored_datamodule
+        from models.local_paths import local_data_config
 
         if not model.run_config or "data" not in model.run_config:
             raise ValueError("balanced=true needs the run's data config in the checkpoint")
-        datamodule = build_stored_datamodule(model.run_config["data"], f"{cfg.ckpt}: dermsynth_config.data")
+        where = f"{cfg.ckpt}: dermsynth_config.data"
+        data = local_data_config(model.run_config["data"], where, default_cache_dir(), {"root": cfg.data_root},
+                                 keys={"root": "data_root", "csv": "data_root"})
+        datamodule = build_stored_datamodule(data, where)
         return datamodule.sample_conditions(cfg.num_images, seed=cfg.seed), {}
     lines = read_prompts(cfg)
     if lines is None:
@@ -204,7 +209,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     check_settings(cfg)
     previous = previous_set(cfg.out, bool(cfg.overwrite))  # refuses a folder it may not write to, deletes nothing yet
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    model = load_generator(cfg.ckpt, use_ema=cfg.use_ema, map_location=device)
+    model = load_generator(cfg.ckpt, use_ema=cfg.use_ema, map_location=device, local_files=cfg.local_files)
     check_conditioning(model, cfg)
     sampling = sampling_settings(model, cfg.guidance_scale, cfg.sampler.name, cfg.sampler.steps)
     reference = load_reference(cfg.reference, model.image_size) if cfg.reference else None

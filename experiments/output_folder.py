@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from datamodules.atomic import write_text_atomic
+from datamodules.atomic import TEMP_NAME, write_text_atomic
 
 
 def manifest_path(out: str | Path, command: str) -> Path:
@@ -40,11 +40,12 @@ def check_output_folder(out: str | Path, command: str, *, overwrite: bool, key: 
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{key}={out} is a file, not a folder")
+        raise ValueError(f"{key}={out} is a file, not a folder; give a new folder (it is made) or an empty one")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not entries:
-        if out.is_dir() and not os.access(out, os.W_OK):
-            raise PermissionError(f"{key}={out} is not writable")
+        blocked = _not_writable(out)
+        if blocked is not None:
+            raise PermissionError(f"{key}={out} is not writable ({blocked}: permission denied); choose a folder you can write to")
         return []
     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
     manifest = manifest_path(out, command)
@@ -52,6 +53,8 @@ def check_output_folder(out: str | Path, command: str, *, overwrite: bool, key: 
         raise ValueError(f"{key}={out} is not empty and holds files experiments.{command} did not write ({shown}); "
                          "choose a new or empty folder")
     listed = set(_listed(manifest))
+    # an atomic write's leftover (.<name>.<8 chars>.tmp) of a listed entry is the command's own too
+    listed |= {name for name in entries if TEMP_NAME.match(name) and name[1:].rsplit(".", 2)[0] in listed}
     foreign = [name for name in entries if name not in listed and name != manifest.name]
     if foreign:
         raise ValueError(f"{key}={out} holds files besides an earlier experiments.{command} output ({', '.join(foreign[:5])}); "
@@ -60,6 +63,14 @@ def check_output_folder(out: str | Path, command: str, *, overwrite: bool, key: 
         raise ValueError(f"{key}={out} is not empty: it holds an earlier experiments.{command} output ({shown}); choose a new "
                          "folder, or overwrite=true to replace it")
     return [*sorted(listed), manifest.name]
+
+
+def _not_writable(out: Path) -> Path | None:
+    """``out`` (or, for a new folder, the nearest folder above it that exists) when this process cannot write there."""
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return None if os.access(probe, os.W_OK | os.X_OK) else probe
 
 
 def clear_output_folder(out: str | Path, entries: list[str]) -> Path:

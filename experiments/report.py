@@ -121,7 +121,7 @@ def collect_runs(root: Path, select: str = "**/metrics.json") -> list[dict[str, 
 
 
 # Config keys that never make two runs different experiments: seeds, paths, bookkeeping, provenance.
-NOT_A_VARIANT = ("seed", "data.seed", "callbacks.samples.seed", "paths.", "provenance.", "resume", "tags", "logger.",
+NOT_A_VARIANT = ("seed", "data.seed", "callbacks.samples.seed", "paths.", "provenance.", "resume", "overwrite", "tags", "logger.",
                  "hydra.", "trainer.max_time", "memory_estimate", "callbacks.", "cache_dir", "data.cache_dir",
                  "eval.cache_dir", "model.conditioner.text_encoder.cache_dir", "data.num_workers", "trainer.enable_progress_bar")
 # Re-evaluation overrides that only say where to read and write.

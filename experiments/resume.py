@@ -3,7 +3,7 @@
 Re-running a run folder resumes it (``resume=auto``). If the config differs from the one the
 checkpoint was trained with in anything but the run's length or its bookkeeping, resuming would
 mix two runs while ``config.yaml`` records only the second, so it is refused, naming the keys;
-``resume=force`` continues anyway (and says so), ``resume=never`` starts afresh.
+``resume=force`` continues anyway (and says so), ``resume=never overwrite=true`` starts afresh.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 RUN_LENGTH = ("trainer.max_steps", "trainer.max_time", "budget_steps", "budget_name")
 # Where things are written, how often, and how they are reported: none of it touches the weights.
 BOOKKEEPING = (
-    "resume", "paths", "logger", "tags", "memory_estimate", "eval", "callbacks.evaluate", "callbacks.samples",
+    "resume", "overwrite", "paths", "logger", "tags", "memory_estimate", "eval", "callbacks.evaluate", "callbacks.samples",
     "callbacks.checkpoint.every_n_train_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps", "trainer.val_check_interval", "trainer.limit_val_batches",
     "trainer.check_val_every_n_epoch", "data.num_workers", "data.persistent_workers", "data.pin_memory",
@@ -70,7 +70,7 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> tuple[str | None, in
             raise ValueError(
                 f"{last} was trained with another config; resuming would mix two runs. Keys that differ "
                 f"(checkpoint -> now):\n  {listed}{more}\nUndo the change, start a new run folder (paths.output_dir=...), "
-                "resume=never to start this folder afresh, or resume=force to continue with the new values. "
+                "resume=never overwrite=true to start this folder afresh, or resume=force to continue with the new values. "
                 f"Only the run length ({', '.join(RUN_LENGTH)}) and bookkeeping keys may change on resume."
             )
         log.warning("resume=force: continuing %s with a changed config (checkpoint -> now):\n  %s%s", last, listed, more)

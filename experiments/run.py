@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,11 @@ from callbacks.health import FiniteLoss
 from callbacks.rng import RNGState
 from datamodules.atomic import remove_stale_temp_files
 from experiments.checkpoint_io import AtomicCheckpointIO
-from experiments.checks import RUN_ENTRIES, check_data_for_model, check_run_config
+from experiments.checks import RUN_ENTRIES, check_data_for_model, check_run_config, earlier_run
 from experiments.command import command
 from experiments.loggers import build_loggers, flat_config
 from experiments.memory_estimate import log_memory_estimate
-from experiments.output_folder import write_manifest
+from experiments.output_folder import clear_output_folder, write_manifest
 from experiments.resume import resume_checkpoint
 from models.checkpoint import build_generator
 from models.performance import apply_performance
@@ -108,6 +109,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit ``cfg.model`` on ``cfg.data``, evaluate it, write the run folder; return the metrics."""
     check_run_config(cfg)
     output_dir = resolve_output_dir(cfg)
+    previous = earlier_run(cfg, output_dir)  # an earlier run's files that overwrite=true replaces; nothing deleted yet
     ckpt_path, resume_step = resume_checkpoint(cfg, output_dir)  # refuses a changed config before anything is written
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
@@ -131,8 +133,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     memory = log_memory_estimate(cfg, model, datamodule, trainer)
     if trainer.is_global_zero:
+        clear_output_folder(output_dir, previous)
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_manifest(output_dir, "run", RUN_ENTRIES, {"exp": cfg.exp_name})
+        write_manifest(output_dir, "run", RUN_ENTRIES, {"exp": cfg.exp_name}, complete=False)
         for stale in remove_stale_temp_files(output_dir) + remove_stale_temp_files(output_dir / "checkpoints"):
             log.info("Removed %s, left by an interrupted write", stale)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True) + provenance_yaml(datamodule, memory))
@@ -153,6 +156,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer.save_checkpoint(last)
 
     metrics = evaluate_after_fit(cfg, trainer, model, datamodule, output_dir)
+    if trainer.is_global_zero:
+        write_manifest(output_dir, "run", RUN_ENTRIES, {"exp": cfg.exp_name}, complete=True)
     finish(trainer, metrics, output_dir)
     return metrics
 
@@ -229,9 +234,22 @@ def _round(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else str(value)
 
 
+def remove_unused_folder() -> None:
+    """Remove the folder Hydra made for a run that failed before writing anything but Hydra's log (bad data, say)."""
+    from experiments import checks
+
+    folder = checks.new_run_folder
+    if folder is not None and folder.is_dir() and {p.name for p in folder.iterdir()} <= {checks.HYDRA_LOG}:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @command("config")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    except BaseException:
+        remove_unused_folder()
+        raise
 
 
 if __name__ == "__main__":

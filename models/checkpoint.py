@@ -13,18 +13,21 @@ imported, let alone called.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from datamodules.cache import default_cache_dir
 from datamodules.info import DataInfo
 from models.generative import GenerativeModule
 from models.legacy import is_legacy, upgrade_run_config, upgrade_state_dict
+from models.local_paths import local_model_config
 
 # Packages whose classes a stored config may name; importing them runs no user-chosen code.
 PROJECT_PACKAGES = ("models", "baselines", "datamodules")
@@ -168,9 +171,15 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_generator(
-    path: str | Path, use_ema: bool = True, map_location: str | torch.device = "cpu"
+    path: str | Path, use_ema: bool = True, map_location: str | torch.device = "cpu",
+    cache_dir: str | Path | None = None, local_files: Mapping[str, Any] | None = None,
 ) -> GenerativeModule:
-    """Rebuild the generator saved at ``path`` (a ``.ckpt`` written by ``experiments.run``)."""
+    """Rebuild the generator saved at ``path`` (a ``.ckpt`` written by ``experiments.run``).
+
+    The stored config's paths are provenance only (``models.local_paths``): caches go to ``cache_dir``
+    (default ``$DERMSYNTH_CACHE`` or ``~/.cache/dermsynth``), and a file the model reads (a local text
+    encoder folder, backbone weights) must be given in ``local_files`` (``text_encoder``, ``backbone``).
+    """
     checkpoint = read_checkpoint(path, map_location)
     for key in ("data_info", "state_dict"):
         if key not in checkpoint:
@@ -180,14 +189,20 @@ def load_generator(
     if "model" not in stored:
         raise ValueError(f"{path}: dermsynth_config has no 'model' entry")
     check_targets(stored["model"], "generator", f"{path}: dermsynth_config.model")
-    config = OmegaConf.create(stored)
+    model_cfg = local_model_config(stored["model"], f"{path}: dermsynth_config.model", cache_dir or default_cache_dir(), local_files)
+    config = OmegaConf.create({**stored, "model": model_cfg})
     try:
         data_info = DataInfo.from_dict(checkpoint["data_info"])
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ValueError(f"{path}: its data_info is damaged ({type(error).__name__}: {error}); the checkpoint cannot be rebuilt") from None
-    model = build_generator(config.model, data_info)
+    try:
+        model = build_generator(config.model, data_info)
+    except (InstantiationException, KeyError, TypeError) as error:
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ValueError(f"{path}: dermsynth_config.model does not build a model ({reason}); the checkpoint's config is "
+                         "damaged or from an incompatible version") from None
     state = checkpoint.get("ema_state_dict") if use_ema else None
-    state = state if state is not None else checkpoint["state_dict"]
+    state = state if isinstance(state, dict) else checkpoint["state_dict"]
     result = model.load_state_dict(upgrade_state_dict(state) if legacy else state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(

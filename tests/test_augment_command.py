@@ -114,3 +114,22 @@ def test_the_same_command_runs_on_a_labelled_folder(tmp_path: Path) -> None:
     assert results["data"] == "folder" and sorted(results["class_names"]) == ["bcc", "mel", "nv"]
     assert {cell["arm"] for cell in results["cells"]} == {"real", "real_balanced", "real+syn", "real+syn_class", "syn"}
     assert set(results["summary"]["0.5"]["real+syn"]["recall"]) == {"bcc", "mel", "nv"}
+
+
+def test_a_users_folder_is_never_written(checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "downstream.json").write_text('{"mine": true}')
+    trainings = _count(monkeypatch, "train_and_test")
+    for extra in ([], ["overwrite=true"], ["resume=never", "overwrite=true"]):
+        with pytest.raises(ValueError, match="did not write"):
+            _run(_given(user, checkpoints["half"], checkpoints["half"], "arms=[real]", *extra))
+    assert sorted(p.name for p in user.iterdir()) == ["downstream.json"] and not trainings  # refused before any training
+    out = tmp_path / "out"
+    _run(_given(out, checkpoints["half"], checkpoints["half"], "arms=[real]", "seeds=[0]"))
+    assert json.loads((out / "augment.json").read_text())["complete"]
+    with pytest.raises(ValueError, match="overwrite=true"):
+        _run(_given(out, checkpoints["half"], checkpoints["half"], "arms=[real]", "seeds=[0]", "resume=never"))
+    (out / "cells" / "stale.json").write_text("{}")
+    _run(_given(out, checkpoints["half"], checkpoints["half"], "arms=[real]", "seeds=[0]", "resume=never", "overwrite=true"))
+    assert not (out / "cells" / "stale.json").exists() and len(trainings) == 2  # started afresh

@@ -88,3 +88,42 @@ def test_one_diagnosis_fails_before_training_a_label_model_and_a_text_model_is_e
     unlabelled = make_folder(tmp_path / "plain", count=60, size=24)
     metrics = run(compose_config(*smoke_overrides(tmp_path / "text", "hybrid", "data=folder", f"data.root={unlabelled}")))
     assert (tmp_path / "text" / "metrics.json").is_file() and metrics["cond_accuracy"]["diagnosis"] is None
+
+
+def _interlaced_png(path: Path, width: int, height: int, rows_held: float) -> None:
+    """An 8-bit RGB Adam7 PNG whose pixel data holds ``rows_held`` of what its header promises (Pillow writes no Adam7)."""
+    from datamodules.transforms import ADAM7
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    size = sum(-(-(height - y0) // dy) * (1 + 3 * -(-(width - x0) // dx)) for x0, y0, dx, dy in ADAM7)
+    pixels = bytes(int(size * rows_held))  # filter 0, black pixels: only the length matters
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(pixels)) + chunk(b"IEND", b""))
+
+
+def test_an_interlaced_png_short_of_its_passes_is_refused(tmp_path: Path) -> None:
+    _interlaced_png(tmp_path / "whole.png", 16, 16, 1.0)
+    assert load_square(tmp_path / "whole.png", 16).shape == (16, 16, 3)
+    _interlaced_png(tmp_path / "short.png", 16, 16, 0.5)
+    with pytest.raises(TruncatedImageError, match="short.png holds"):
+        load_square(tmp_path / "short.png", 16)
+
+
+def test_evaluate_and_generate_read_images_as_the_data_sets_do(tmp_path: Path) -> None:
+    from experiments.evaluate import load_folder
+    from experiments.generate import load_reference
+
+    folder = tmp_path / "fake"
+    folder.mkdir()
+    expected = _sixteen_bit_gradient(folder / "a.png")
+    names, images = load_folder(folder)
+    pixels = (images[0, 0].numpy() + 1) * 127.5
+    assert names == ["a.png"] and np.abs(pixels - expected).max() <= 1  # was all white (255)
+    assert np.abs((load_reference(folder / "a.png", 32)[0, 0].numpy() + 1) * 127.5 - expected).max() <= 1
+    (folder / "a.png").unlink()
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(folder / "b.png")
+    _promise_more_rows(folder / "b.png", 64)
+    with pytest.raises(ValueError, match="b.png holds .* bytes of pixel rows"):
+        load_folder(folder)

@@ -193,6 +193,140 @@ def test_damaged_checkpoints_fail_in_one_line(tmp_path: Path) -> None:
         load_generator(tmp_path / "damaged.ckpt")
 
 
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="a read-only folder does not stop root")
+def test_a_new_folder_under_a_read_only_one_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="not writable"):
+            check_output_folder(folder / "new" / "deeper", "export", overwrite=False)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_an_interrupted_write_of_its_own_is_its_own(tmp_path: Path) -> None:
+    _own_output(tmp_path / "out", "export")
+    (tmp_path / "out" / ".report.txt.k2x_9q0a.tmp").write_text("left by a kill mid-write")
+    assert check_output_folder(tmp_path / "out", "export", overwrite=True) == [
+        ".report.txt.k2x_9q0a.tmp", "report.txt", "sub", "export.json"]
+    (tmp_path / "out" / ".notes.txt.k2x_9q0a.tmp").write_text("a temporary of something else")
+    with pytest.raises(ValueError, match="notes.txt"):
+        check_output_folder(tmp_path / "out", "export", overwrite=True)
+
+
+# ---- the run folder: resume=auto continues its own; a fresh run there follows the rule ------------
+
+
+def _run_folder(folder: Path, manifest: bool = True, checkpoint: bool = True) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("exp_name: ddpm\n")
+    (folder / "checkpoints").mkdir()
+    if checkpoint:
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    if manifest:
+        from experiments.checks import RUN_ENTRIES
+
+        write_manifest(folder, "run", RUN_ENTRIES, complete=False)
+
+
+def test_a_run_resumes_its_own_folder_and_a_fresh_run_there_follows_the_rule(tmp_path: Path) -> None:
+    from experiments.checks import earlier_run
+    from tests.helpers import compose_config
+
+    def config(*extra: str):
+        return compose_config("exp=ddpm", "budget=smoke", *extra)
+
+    _run_folder(tmp_path / "own")
+    assert earlier_run(config(), tmp_path / "own") == []  # resume=auto continues it: nothing cleared
+    _run_folder(tmp_path / "legacy", manifest=False)
+    assert earlier_run(config(), tmp_path / "legacy") == []  # a run folder from before run.json resumes too
+    with pytest.raises(ValueError, match=r"holds an earlier run, which this run does not continue \(resume=never\).*overwrite=true"):
+        earlier_run(config("resume=never"), tmp_path / "own")
+    assert earlier_run(config("resume=never", "overwrite=true"), tmp_path / "own") == [
+        "checkpoints", "config.yaml", "eval", "logs", "metrics.json", "samples", "wandb", "run.json"]
+    _run_folder(tmp_path / "interrupted", checkpoint=False)  # stopped before its first checkpoint: nothing to resume
+    (tmp_path / "interrupted" / "run.log").write_text("Hydra's log of this very job")
+    with pytest.raises(ValueError, match="no checkpoints/last.ckpt to resume from"):
+        earlier_run(config(), tmp_path / "interrupted")
+    assert "run.log" not in earlier_run(config("overwrite=true"), tmp_path / "interrupted")  # the job's open log goes on
+    (tmp_path / "legacy" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt"):
+        earlier_run(config("resume=never", "overwrite=true"), tmp_path / "legacy")
+
+
+def test_a_fresh_run_replaces_its_own_earlier_run_only_with_overwrite(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    from experiments.run import run
+    from tests.helpers import compose_config, smoke_overrides
+
+    folder = tmp_path / "run"
+    _run_folder(folder, checkpoint=False)
+    (folder / "samples").mkdir()
+    (folder / "samples" / "step_40.png").write_bytes(b"a grid of the earlier run")
+    with pytest.raises(ValueError, match="overwrite=true"):
+        run(compose_config(*smoke_overrides(folder, "ddpm", "logger=none")))
+    assert (folder / "samples" / "step_40.png").is_file()
+    metrics = run(compose_config(*smoke_overrides(folder, "ddpm", "logger=none", "overwrite=true")))
+    assert metrics["train_steps"] == 2 and json.loads((folder / "run.json").read_text())["complete"]
+    assert not (folder / "samples" / "step_40.png").exists()  # no grid of the earlier run beside the new ones
+    resumed = run(compose_config(*smoke_overrides(folder, "ddpm", "logger=none", "trainer.max_steps=3")))  # resume=auto
+    assert resumed["train_steps"] == 3
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == 3
+
+
+def test_the_run_command_refuses_a_users_folder_in_one_line_before_hydra_writes_its_log(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import smoke_overrides
+
+    user = tmp_path / "results"
+    user.mkdir()
+    (user / "config.yaml").write_text("my: config\n")
+    (user / "metrics.json").write_text('{"mine": true}')
+    result = subprocess.run([sys.executable, "-m", "experiments.run", *smoke_overrides(user, "ddpm", "logger=none")],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "WANDB_MODE": "disabled"})
+    assert result.returncode != 0 and "experiments.run did not write" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in user.iterdir()) == ["config.yaml", "metrics.json"]  # not even Hydra's run.log
+
+
+def test_evaluate_two_folders_never_writes_into_a_data_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from experiments.compose import compose_config
+    from experiments.evaluate import evaluate
+    from tests.test_data_sources import make_folder
+
+    real, fake = make_folder(tmp_path / "real", count=6, size=16), make_folder(tmp_path / "fake", count=6, size=16)
+    before = sorted(p.name for p in fake.iterdir())
+    monkeypatch.setattr("experiments.evaluate.build_feature_extractor", lambda name, judge: _PixelFeatures())
+    args = [f"real={real}", f"fake={fake}", "eval.kid_subset_size=4", "eval.pr_neighborhood=2"]
+    evaluate(compose_config("evaluate", args), args)
+    assert sorted(p.name for p in fake.iterdir()) == before  # the generated set stays a clean data set
+    written = sorted(tmp_path.glob("fake_eval_*"))
+    assert len(written) == 1 and json.loads((written[0] / "metrics.json").read_text())["num_generated"] == 6
+    with pytest.raises(ValueError, match="did not write"):
+        out = [*args, f"out={real}", "overwrite=true"]
+        evaluate(compose_config("evaluate", out), out)
+
+
+class _PixelFeatures:
+    """A stand-in feature network: the image's pixels (the folder rule is under test, not the features)."""
+
+    name = "pixels"
+
+    def __call__(self, images):
+        return images.flatten(1)[:, :16].float()
+
+    def provenance(self) -> dict:
+        return {"name": self.name}
+
+
 def test_a_full_disk_says_so_and_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
     import shutil

@@ -126,3 +126,15 @@ def test_nan_guard_names_the_checkpoint_or_its_absence(tmp_path: Path) -> None:
         _trainer(tmp_path / "early", FiniteLoss("stop")).fit(_Regression(nan_at=1))
     with pytest.raises(NonFiniteLossError, match=r"last\.ckpt holds the last good state"):
         _trainer(tmp_path / "late", FiniteLoss("stop")).fit(_Regression(nan_at=3))
+
+
+@pytest.mark.parametrize(("exp", "override", "message"), [
+    ("gan", "model.optimizer_g.lr=nan", "model.optimizer_g.lr=nan: must be a finite number"),  # the GAN's own optimisers
+    ("gan", "model.optimizer_d.lr=0", "model.optimizer_d.lr=0: a learning rate must be > 0"),
+    ("ddpm", "eval.recon_strength=inf", "eval.recon_strength=inf: must be a finite number"),
+    ("ddpm", "model.sampler.steps=5000", "model.sampler.steps=5000: must be an integer in [1, 1000]"),
+])
+def test_every_non_finite_value_and_learning_rate_is_refused(exp: str, override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("[", r"\[")) as refused:
+        check_run_config(compose_config(f"exp={exp}", "budget=smoke", override))
+    assert str(refused.value).count(override.split("=")[0]) == 1  # named once, not again where it is interpolated

@@ -22,6 +22,9 @@ from datamodules.sources.base import SourceRequest
 from datamodules.transforms import ImageTooSmallError, load_square
 
 log = logging.getLogger(__name__)
+# Bumped when decoding changes what a file yields (2: 16-bit files scaled, short PNGs refused), so no cache keeps
+# images the old decoder got wrong; files that decoded right give the same pixels and data fingerprint as before.
+DECODER = 2
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -52,7 +55,7 @@ def decode_split(request: SourceRequest, source: str, split: str, paths: list[Pa
     """
     size = request.image_size
     key = {"source": source, "split": split, "size": size, "files": content_fingerprint(paths),
-           "preprocess": request.preprocess_key(), "allow_upscale": request.allow_upscale}
+           "preprocess": request.preprocess_key(), "allow_upscale": request.allow_upscale, "decoder": DECODER}
 
     def decode(path: Path) -> np.ndarray | str:
         try:
