@@ -70,7 +70,8 @@ def composition(choices: dict[str, str]) -> list[tuple[Path, str]]:
     """The files of a run config with these group choices, in merge order."""
     files = [(CONFIG_DIR / "config.yaml", "")]
     for group in GROUPS_IN_ORDER:
-        files += _files(CONFIG_DIR / group / f"{choices[group]}.yaml")
+        if group in choices:  # a group only some models have
+            files += _files(CONFIG_DIR / group / f"{choices[group]}.yaml")
     return files
 
 
