@@ -104,8 +104,8 @@ def _proportion(hits: int, total: int) -> dict[str, Any]:
 def score_responses(key_path: Path, responses_path: Path) -> dict[str, Any]:
     """The reader's accuracy at real vs synthetic (Wilson intervals), and diagnosis agreement per source and class.
 
-    A row left empty is skipped and counted; a file the key does not hold, or an answer other than
-    ``real`` / ``synthetic``, is an error naming the row.
+    A row left empty is skipped and counted; a file the key does not hold, an answer other than
+    ``real`` / ``synthetic`` or a confidence other than 1-5 is an error naming the row.
     """
     key = {row["file"]: row for row in _read_csv(key_path, KEY_COLUMNS)}
     answered, skipped, diagnosis_pairs = [], 0, []
@@ -116,6 +116,9 @@ def score_responses(key_path: Path, responses_path: Path) -> dict[str, Any]:
         verdict = row["real_or_synthetic"].strip().lower()
         if verdict and verdict not in SOURCES:
             raise ValueError(f"{responses_path} row {line}: real_or_synthetic must be 'real' or 'synthetic' (or empty), got {verdict!r}")
+        confidence = row["confidence"].strip()
+        if confidence and confidence not in {"1", "2", "3", "4", "5"}:
+            raise ValueError(f"{responses_path} row {line}: confidence must be 1 to 5 (or empty), got {confidence!r}")
         if verdict:
             answered.append((truth["source"], verdict))
         else:

@@ -180,7 +180,16 @@ def training_stop(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
     """The run's step budget and what ended it. Comparisons run on equal steps: the wall-clock cap is a
     safety limit, and a run it cut short is reported as such (warning, metrics.json, report)."""
     max_steps, steps = int(trainer.max_steps), int(trainer.global_step)
-    stopped_by = "max_steps" if steps >= max_steps else "interrupted" if trainer.interrupted else "max_time"
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining("train") if timer is not None else None  # None: no cap
+    if 0 <= max_steps <= steps:
+        stopped_by = "max_steps"
+    elif trainer.interrupted:
+        stopped_by = "interrupted"
+    elif remaining is not None and remaining <= 0:
+        stopped_by = "max_time"
+    else:  # max_steps=-1 (or not reached) and the cap did not bite: the epochs ran out
+        stopped_by = "max_epochs"
     if stopped_by == "max_time":
         log.warning(
             "trainer.max_time=%s stopped the run at step %d of its %d: its figures are not at equal steps with runs that "

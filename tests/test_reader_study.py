@@ -48,8 +48,9 @@ def test_scores_match_hand_computed_figures(tmp_path: Path) -> None:
     scores = score_responses(key, responses)
     assert scores["answered"] == 4 and scores["skipped"] == 1
     assert scores["real_vs_synthetic_accuracy"]["value"] == pytest.approx(2 / 4)  # a and c right, b and d wrong
-    low, high = scores["real_vs_synthetic_accuracy"]["interval"]
-    assert low < 0.5 < high
+    # Wilson at 95 %: (p + z^2/2n -/+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 1.96: 2 of 4 -> 0.1500, 0.8500
+    assert scores["real_vs_synthetic_accuracy"]["interval"] == pytest.approx([0.15004, 0.84996], abs=1e-4)
+    assert scores["real_called_real"]["interval"] == pytest.approx([0.09453, 0.90547], abs=1e-4)  # 1 of 2
     assert scores["synthetic_called_synthetic"]["value"] == pytest.approx(1 / 2) and scores["real_called_real"]["value"] == pytest.approx(1 / 2)
     agreement = scores["diagnosis_agreement"]
     assert agreement["real"]["all"]["value"] == 1.0 and agreement["synthetic"]["all"]["value"] == pytest.approx(1 / 2)
@@ -59,4 +60,7 @@ def test_scores_match_hand_computed_figures(tmp_path: Path) -> None:
         score_responses(key, responses)
     responses.write_text("file,real_or_synthetic,diagnosis,confidence\na.png,maybe,,\n")
     with pytest.raises(ValueError, match="row 2: real_or_synthetic must be"):
+        score_responses(key, responses)
+    responses.write_text("file,real_or_synthetic,diagnosis,confidence\na.png,real,,sure\n")
+    with pytest.raises(ValueError, match="row 2: confidence must be 1 to 5"):
         score_responses(key, responses)

@@ -95,6 +95,14 @@ def test_a_run_the_wall_clock_cap_cuts_short_says_so(tmp_path: Path, caplog: pyt
     assert "not at equal steps" in caplog.text
 
 
+def test_a_run_that_ends_with_its_epochs_under_a_cap_that_did_not_bite_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = compose_config(*smoke_overrides(tmp_path / "epochs", "vae", "trainer.max_steps=-1", "trainer.max_epochs=1",
+                                          "trainer.max_time=00:01:00:00"))
+    training = run(cfg)["provenance"]["training"]
+    assert training["stopped_by"] == "max_epochs" and training["max_steps"] == -1 and training["steps"] > 0
+    assert "not at equal steps" not in caplog.text
+
+
 def _cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "experiments.run", *args],
