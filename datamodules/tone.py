@@ -8,14 +8,14 @@ very light > 55, light 41-55, intermediate 28-41, tan 10-28, brown -30-10, dark 
 light to dark like Fitzpatrick I-VI; 0 = unknown).
 
 Healthy skin of one image (``healthy_skin``):
-1. the dark field stop of the dermoscope: dark pixels (L* under half the image's bright skin level)
-   connected to the image border; saturated highlights (gel bubbles, glare) above L* 97;
+1. the dark field stop of the dermoscope: dark pixels (L* under half the image's bright skin level,
+   at most 35, always under 10) connected to the image border; highlights (gel bubbles, glare) above L* 97;
 2. hair: a morphological black-hat on L* (thin dark lines far below their surroundings);
 3. the lesion: the data set's mask where it has one (dilated, since a lesion's rim blends into the
-   skin); a mask whose inside is lighter than its outside is taken as wrong and not used. Otherwise
-   Otsu's threshold on L*: where the two classes differ clearly the darker one is the lesion (the
-   lesions here are pigmented, darker than the skin around them; ``ham10000`` reports how well this
-   agrees with the masks), else every remaining pixel is skin.
+   skin; faint lesions can be as light as the skin around them, so the mask is never second-guessed).
+   Otherwise Otsu's threshold on L*: where the two classes differ clearly the darker one is the lesion
+   (the lesions here are pigmented; ``experiments.bench tone`` reports how well this agrees with the
+   masks on HAM10000), else every remaining pixel is skin.
 The ITA is the median of the per-pixel ITAs of the healthy skin (robust to hair and lesion pixels
 that slip through, as the patch medians of Kalb et al. 2023 and ``derm-ita``); its spread is their
 interquartile range. A reading is *confident* when at least ``MIN_SKIN_FRACTION`` of the image is
@@ -32,12 +32,13 @@ from scipy import ndimage
 
 TONE_GROUPS = ("very light", "light", "intermediate", "tan", "brown", "dark")  # group 1 .. 6
 GROUP_EDGES = (55.0, 41.0, 28.0, 10.0, -30.0)  # lower ITA bound of groups 1-5; group 6 is below -30
-ESTIMATOR_VERSION = 1  # bump when readings change: it keys the cached estimates
+ESTIMATOR_VERSION = 2  # bump when readings change: it keys the cached estimates
 
 # A lesion edge blends into the skin over a few per cent of the field; masks are drawn on the lesion.
 LESION_MARGIN = 0.03  # dilation of the lesion, as a share of the image side
 DARK_SHARE = 0.5  # field-stop pixels: darker than this share of the bright skin level (95th percentile of L*) ...
-DARK_CEILING = 35.0  # ... and never above this L* (dark skin itself is L* 25-45; the field stop is near black)
+DARK_CEILING = 35.0  # ... but never above this L* (dark skin itself is L* 25-45; the field stop is near black) ...
+DARK_FLOOR = 10.0  # ... and always below this one (no skin is this dark, whatever the rest of the image)
 HIGHLIGHT = 97.0  # L* above this is glare or a gel bubble, not skin
 HAIR_CONTRAST = 10.0  # black-hat response (L* units) above which a pixel is hair or another thin dark line
 LESION_GAP = 10.0  # Otsu classes whose mean L* differ by less than this are one skin with texture, not skin + lesion
@@ -92,7 +93,7 @@ def _disk(radius: int) -> np.ndarray:
 def field_stop(lightness: np.ndarray) -> np.ndarray:
     """(H, W) bool: the dark vignette of the lens (dark pixels connected to the border) and glare."""
     bright = float(np.percentile(lightness, 95))
-    dark = lightness < min(DARK_CEILING, DARK_SHARE * bright)
+    dark = lightness < max(DARK_FLOOR, min(DARK_CEILING, DARK_SHARE * bright))
     components, _ = ndimage.label(dark)
     edge = np.unique(np.concatenate([components[0], components[-1], components[:, 0], components[:, -1]]))
     return np.isin(components, edge[edge > 0]) | (lightness > HIGHLIGHT)
@@ -123,12 +124,9 @@ def healthy_skin(lab: np.ndarray, lesion_mask: np.ndarray | None = None) -> tupl
     """(H, W) bool healthy-skin pixels of one CIELAB image and how its lesion was found (module docstring)."""
     lightness = lab[..., 0]
     usable = ~field_stop(lightness) & ~hair(lightness)
-    lesion, lesion_from = None, "none"
-    if lesion_mask is not None and lesion_mask.any():
-        inside, outside = lightness[lesion_mask & usable], lightness[~lesion_mask & usable]
-        if inside.size == 0 or outside.size == 0 or np.median(inside) <= np.median(outside):
-            lesion, lesion_from = lesion_mask, "mask"
-    if lesion is None:
+    if lesion_mask is not None:
+        lesion, lesion_from = lesion_mask, "mask"
+    else:
         lesion = otsu_lesion(lightness, usable)
         lesion_from = "otsu" if lesion is not None else "none"
     if lesion is not None:
