@@ -61,7 +61,8 @@ def per_skin_tone(
             entry["nulls"].update(fid=reason, kid_mean=reason)
         entry["cond_accuracy"] = cond_accuracy_of(fake_rows) if cond_accuracy_of is not None and fake_rows.any() else None
         if entry["cond_accuracy"] is None:
-            entry["nulls"]["cond_accuracy"] = "an unconditional model" if cond_accuracy_of is None else "no generated image in the group"
+            entry["nulls"]["cond_accuracy"] = ("an unconditional model" if cond_accuracy_of is None else "no generated image in the group"
+                                               if not fake_rows.any() else "no visual judge head has an accuracy (see cond_accuracy)")
         groups[name] = entry
     with_fd = {g: e["fid"] for g, e in groups.items() if e["fid"] is not None}
     with_acc = {g: e["cond_accuracy"] for g, e in groups.items() if e["cond_accuracy"] is not None}

@@ -265,6 +265,9 @@ def score(model: Any, datamodule: Any, sets: list[SampleSet], heldout: dict[str,
             resources.primary.name, info, resources.judge.heads, cfg,
             None if cond is None else visual_accuracy_of(sets[0], cond, resources.judge.heads), eval_dir,
         )
+        following = metrics["per_skin_tone"]["tone_following"]
+        if following is not None:
+            intervals["tone_following"] = following["accuracy_interval"]
     else:
         nulls["per_skin_tone"] = f"{info.source} has no skin tones (no Fitzpatrick types, no ITA reading)"
     metrics["intervals"], metrics["nulls"] = intervals, nulls

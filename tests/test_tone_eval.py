@@ -16,6 +16,7 @@ from datamodules.info import DataInfo
 from datamodules.tone import TONE_GROUPS
 from evaluation.protocol import evaluate_generator
 from evaluation.schema import write_metrics_json
+from experiments.report import build_report
 from models.generative import GenerativeModule
 from tests.test_eval_protocol import tiny_eval_cfg
 
@@ -107,8 +108,8 @@ def test_tone_following_tells_a_tone_following_generator_from_a_tone_blind_one(t
                         tone={"num_generated": 60, "min_fid_images": 20}, memorization={"enabled": False})
     follower = evaluate_generator(TonedGenerator(toned.info, follows=True), toned, cfg, tmp_path / "follows", extra={"seed": 0})
     blind = evaluate_generator(TonedGenerator(toned.info, follows=False), toned, cfg, tmp_path / "blind", extra={"seed": 0})
-    for metrics in (follower, blind):
-        write_metrics_json(tmp_path / "metrics.json", metrics)  # the schema holds with the new block
+    for name, metrics in (("follows", follower), ("blind", blind)):
+        write_metrics_json(tmp_path / "runs" / name / "metrics.json", {**metrics, "exp": name})  # the schema holds
         block = metrics["per_skin_tone"]
         assert block["scale"] == "ita" and list(block["groups"]) == list(TONE_GROUPS)
         assert block["generated_tone_source"] == "condition" and block["tone_following"]["n"] == 60
@@ -122,3 +123,7 @@ def test_tone_following_tells_a_tone_following_generator_from_a_tone_blind_one(t
     assert groups["tan"]["tone_following"]["n"] == 11 and groups["dark"]["tone_following"]["n"] == 5
     for name in ("tone_distribution.png", "by_tone.png"):
         assert (tmp_path / "follows" / "eval" / name).is_file()
+    assert follower["intervals"]["tone_following"] == good["accuracy_interval"]
+    report = build_report(tmp_path / "runs").read_text()
+    assert "## Per skin tone" in report and "| follows seed 0 | dark (ita) | " in report
+    assert f"{good['accuracy']:.3f}" in report and f"{bad['accuracy']:.3f}" in report  # the main table's column
