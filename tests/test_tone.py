@@ -232,3 +232,20 @@ def test_tone_following_against_chance_and_a_perfect_generator() -> None:
     assert blind["accuracy"] == pytest.approx(1 / 6, abs=0.08) and blind["per_group"]["a"]["chance"] == pytest.approx(1 / 6)
     low, high = blind["accuracy_interval"]
     assert low < blind["accuracy"] < high and blind["ita_mae"] > 20
+
+
+def test_downstream_recall_per_diagnosis_within_each_tone_group() -> None:
+    from evaluation.downstream_tones import recall_by_tone
+
+    labels = np.array([0, 0, 1, 1, 0, 1, 1, 0])
+    tones = np.array([1, 1, 1, 1, 6, 6, 6, 0])
+    predicted = np.array([0, 0, 1, 0, 1, 1, 1, 1])  # right on light skin but one, wrong on the dark-skin nevus
+    result = recall_by_tone(predicted, labels, tones, ("nv", "mel"), ("very light", "light", "intermediate", "tan", "brown", "dark"))
+    assert result["very light"]["per_class"]["mel"]["recall"] == 0.5 and result["very light"]["per_class"]["nv"]["recall"] == 1.0
+    assert result["dark"]["per_class"]["nv"]["recall"] == 0.0 and result["dark"]["per_class"]["mel"]["recall"] == 1.0
+    assert result["dark"]["balanced_accuracy"] == 0.5 and result["dark"]["n"] == 3 and result["unknown_tone"] == 1
+    low, high = result["dark"]["per_class"]["mel"]["recall_interval"]
+    assert low < 1.0 == high  # two images: a wide Wilson interval
+    assert result["tan"]["per_class"]["nv"]["recall"] is None and result["tan"]["balanced_accuracy"] is None
+    names = ("very light", "light", "intermediate", "tan", "brown", "dark")
+    assert recall_by_tone(np.eye(2)[predicted], labels, tones, ("nv", "mel"), names) == result  # probabilities or classes
