@@ -35,10 +35,11 @@ def caption_for(info: DataInfo, label: int, attributes: dict[str, int], skin_ton
                 frames: tuple[int, ...] | None = None, **inputs: Any) -> str:
     """A caption for chosen values in the style of ``info``'s source, in one of ``frames`` (default any).
 
-    ``inputs``: the source's extra caption inputs (``SplitTable.caption_inputs``: ``age`` in years
-    for metadata sources, ``colour_names`` for the phantom).
+    ``inputs``: the source's extra caption inputs (``SplitTable.caption_inputs``: ``age`` in years and the ITA
+    ``tone_group`` for metadata sources, ``colour_names`` for the phantom, whose captions name the Fitzpatrick type).
     """
     if info.source == "phantom":
+        inputs.pop("tone_group", None)
         return phantom.phantom_caption(label, attributes, skin_tone, seed, frames=frames, **inputs)
     return metadata_captions.metadata_caption(info, label, attributes, skin_tone, seed, frames=frames, **inputs)
 

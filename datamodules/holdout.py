@@ -10,6 +10,10 @@ They test what a text encoder is for: does a generator draw descriptions it neve
   is ``present``, ``border: true`` is ``irregular``).
 - ``data.holdout_paraphrases``: the last k caption frames never caption a stored image; they
   caption the held-out paraphrase prompts only (``SkinDataModule.sample_conditions``).
+
+``draw_conditions`` also draws the prompt sets that are not held out: the split's own mix, every
+diagnosis equally often (``balanced``) and every skin tone equally often (``tone``: the rows of known
+tone, ``DataInfo.tone_field``), each row with its own caption.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from datamodules.info import DataInfo
 from datamodules.phrasing import ROMAN
 from datamodules.sources.base import SplitTable
 
-HOLDOUT_KINDS = (None, "paraphrase", "combo", "balanced")
+HOLDOUT_KINDS = (None, "paraphrase", "combo", "balanced", "tone")
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ def fingerprint_with(fingerprint: str, holdout: Holdout) -> str:
 
 def _rows_for(table: SplitTable, split: str, kind: str | None, holdout: Holdout) -> np.ndarray:
     if kind not in HOLDOUT_KINDS:
-        raise ValueError(f"holdout must be None, 'paraphrase', 'combo' or 'balanced', got {kind!r}")
+        raise ValueError(f"holdout must be None, 'paraphrase', 'combo', 'balanced' or 'tone', got {kind!r}")
     if kind == "paraphrase":
         if holdout.paraphrases == 0:
             raise ValueError("holdout='paraphrase' needs data.holdout_paraphrases > 0 (no caption frame is held out)")
@@ -144,6 +148,12 @@ def draw_conditions(table: SplitTable, info: DataInfo, num: int, seed: int, *, s
     generator = torch.Generator().manual_seed(seed)
     if kind == "balanced":
         rows = _class_balanced_rows(table.labels[pool], pool, num, generator)
+    elif kind == "tone":
+        tones = table.tones(info)
+        pool = pool[tones[pool] > 0]
+        if len(pool) == 0:
+            raise ValueError(f"holdout='tone': no {split} image has a known skin tone")
+        rows = _class_balanced_rows(tones[pool], pool, num, generator)
     else:
         rows = pool[torch.randint(len(pool), (num,), generator=generator).numpy()]
     if kind == "paraphrase":
@@ -160,4 +170,6 @@ def draw_conditions(table: SplitTable, info: DataInfo, num: int, seed: int, *, s
         "label": torch.as_tensor(table.labels[rows], dtype=torch.long),
         "attributes": {name: torch.as_tensor(values[rows], dtype=torch.long) for name, values in table.attributes.items()},
         "skin_tone": torch.as_tensor(table.skin_tone[rows], dtype=torch.long),
+        "ita": torch.as_tensor(table.ita[rows], dtype=torch.float32),
+        "tone_group": torch.as_tensor(table.tone_group[rows], dtype=torch.long),
     }

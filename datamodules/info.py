@@ -23,6 +23,8 @@ class DataInfo:
             of its values; ``batch["attributes"][name]`` indexes ``attribute_classes[name]``.
             A value of -1 in a batch means unknown for that image.
         skin_tones: whether ``batch["skin_tone"]`` carries Fitzpatrick types (1-6, 0 unknown).
+        tone_groups: whether ``batch["tone_group"]`` carries ITA tone groups (1-6 very light .. dark, 0
+            unknown; ``datamodules.tone``), estimated from the pixels or given by the data set.
         fingerprint: short hash of the source, size and split membership; keys caches of things
             computed from the real data (domain classifier, real feature statistics).
     """
@@ -33,6 +35,7 @@ class DataInfo:
     attribute_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     skin_tones: bool = False
     fingerprint: str = ""
+    tone_groups: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -41,6 +44,13 @@ class DataInfo:
     @property
     def attribute_names(self) -> tuple[str, ...]:
         return tuple(self.attribute_classes)
+
+    @property
+    def tone_field(self) -> str | None:
+        """The batch key that holds each image's skin tone for conditioning, captions, sampling and per-group
+        figures: ``skin_tone`` where the data records Fitzpatrick types, else ``tone_group`` where it has ITA
+        groups, else None. Both count 1-6 from light to dark, 0 unknown."""
+        return "skin_tone" if self.skin_tones else "tone_group" if self.tone_groups else None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -57,4 +67,5 @@ class DataInfo:
             attribute_classes={k: tuple(v) for k, v in dict(data.get("attribute_classes", {})).items()},
             skin_tones=bool(data.get("skin_tones", False)),
             fingerprint=str(data.get("fingerprint", "")),
+            tone_groups=bool(data.get("tone_groups", False)),
         )

@@ -29,6 +29,16 @@ ROMAN = ("I", "II", "III", "IV", "V", "VI")
 NUMBER_WORDS = ("one", "two", "three", "four", "five")
 AGE_BINS = ((0, 29), (30, 44), (45, 59), (60, 74), (75, 200))
 AGE_NAMES = ("0-29", "30-44", "45-59", "60-74", "75+")
+# ITA tone groups 1-6 (``datamodules.tone.TONE_GROUPS``) in words; every phrasing names the skin, so "dark brown
+# pigment" or "light brown" is never read as a tone.
+TONE_GROUP_PHRASES = (
+    ("very light skin", "a very light skin tone"),
+    ("light skin", "a light skin tone"),
+    ("intermediate skin", "an intermediate skin tone"),
+    ("tan skin", "a tan skin tone"),
+    ("brown skin", "a brown skin tone"),
+    ("dark skin", "a dark skin tone"),
+)
 _SEGMENT = re.compile(r"\[([^\[\]]*)\]")
 _SLOT = re.compile(r"\{(\w+)\}")
 
@@ -162,7 +172,8 @@ def _parse_attribute(text: str, name: str, values: tuple[str, ...], vocabulary: 
 def parse_caption(text: str, info: DataInfo, vocabulary: Vocabulary) -> dict[str, Any]:
     """Label, attributes and skin tone named in a free prompt; anything not named is left out.
 
-    Returns e.g. ``{"label": 1, "attributes": {"border": 1}, "skin_tone": 5}``.
+    Returns e.g. ``{"label": 1, "attributes": {"border": 1}, "skin_tone": 5}``, and ``"tone_group"`` (1-6) where
+    the data has ITA tone groups and the text names one ("brown skin").
     """
     text = " ".join(text.lower().split())
     out: dict[str, Any] = {}
@@ -175,6 +186,11 @@ def parse_caption(text: str, info: DataInfo, vocabulary: Vocabulary) -> dict[str
             attributes[name] = value
     if attributes:
         out["attributes"] = attributes
+    if info.tone_groups:
+        phrases = {group: sorted({p.lower() for p in TONE_GROUP_PHRASES[group]} | {p.lower().removeprefix("a ").removeprefix("an ")
+                                 for p in TONE_GROUP_PHRASES[group]}, key=len, reverse=True) for group in range(len(TONE_GROUP_PHRASES))}
+        if (group := _longest_match(text, phrases)) is not None:
+            out["tone_group"] = group + 1
     if info.skin_tones:
         match = re.search(r"(?:fitzpatrick|skin|phototype)(?:\s+skin)?(?:\s+(?:photo)?type)?\s+(vi|iv|v|iii|ii|i|[1-6])\b", text)
         if match:

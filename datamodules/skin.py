@@ -5,7 +5,8 @@
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     # batch["image"] (B, 3, H, W) in [-1, 1]; batch["caption"] list[str]; batch["label"] (B,) long;
-    # batch["attributes"][name] (B,) long, -1 unknown; batch["skin_tone"] (B,) long, 1-6, 0 unknown
+    # batch["attributes"][name] (B,) long, -1 unknown; batch["skin_tone"] (B,) long, 1-6, 0 unknown;
+    # batch["ita"] (B,) float degrees, NaN unknown; batch["tone_group"] (B,) long ITA group 1-6, 0 unknown
 
 Images come from the source's uint8 cache (rendered or decoded once, memory-mapped); items only
 convert, augment (training split) and attach the ground truth, so loading is cheap enough for
@@ -63,6 +64,8 @@ class SkinDataset(Dataset):
         self.captions = table.captions
         self.attributes = table.attributes
         self.skin_tone = table.skin_tone
+        self.ita = table.ita
+        self.tone_group = table.tone_group
         self._same_label = {int(k): np.flatnonzero(table.labels == k) for k in np.unique(table.labels)} if with_reference else {}
 
     def __len__(self) -> int:
@@ -81,6 +84,8 @@ class SkinDataset(Dataset):
             "label": int(self.labels[index]),
             "attributes": {name: int(values[index]) for name, values in self.attributes.items()},
             "skin_tone": int(self.skin_tone[index]),
+            "ita": float(self.ita[index]),
+            "tone_group": int(self.tone_group[index]),
         }
         if self.with_reference:
             item["reference"] = self.image(self.reference_index(index))
@@ -104,13 +109,16 @@ def collate_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
     batch instead of one per field, which nearly doubles loader throughput with workers.
     """
     names = list(items[0]["attributes"])
-    ints = torch.tensor([[item["label"], item["skin_tone"], *(item["attributes"][n] for n in names)] for item in items]).T.contiguous()
+    ints = torch.tensor([[item["label"], item["skin_tone"], item["tone_group"], *(item["attributes"][n] for n in names)]
+                         for item in items]).T.contiguous()
     batch = {
         "image": torch.stack([item["image"] for item in items]),  # (B, 3, H, W)
         "caption": [item["caption"] for item in items],
         "label": ints[0],
-        "attributes": {name: ints[2 + k] for k, name in enumerate(names)},
+        "attributes": {name: ints[3 + k] for k, name in enumerate(names)},
         "skin_tone": ints[1],
+        "ita": torch.tensor([item["ita"] for item in items], dtype=torch.float32),
+        "tone_group": ints[2],
     }
     if "reference" in items[0]:
         batch["reference"] = torch.stack([item["reference"] for item in items])
@@ -119,8 +127,12 @@ def collate_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+SAMPLER_KEYS = ("label", "tone")
+
+
 def check_settings(
     source: str, on_bad_image: str, sampler: str, sampler_temperature: float, sizes: tuple[int | None, ...], train_fraction: float,
+    sampler_key: str = "label",
 ) -> None:
     """Clear errors for bad data settings at construction, not at the first epoch."""
     stratified_fraction(np.zeros(1), train_fraction, 0)  # validates the fraction
@@ -128,6 +140,8 @@ def check_settings(
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
     if sampler not in ("natural", "balanced"):
         raise ValueError(f"data.sampler must be 'natural' or 'balanced', got {sampler!r}")
+    if sampler_key not in SAMPLER_KEYS:
+        raise ValueError(f"data.sampler_key must be one of {', '.join(SAMPLER_KEYS)}, got {sampler_key!r}")
     class_shares([1], sampler_temperature)  # validates the temperature
     if source == "phantom" and None in sizes:
         raise ValueError("the phantom renders a fixed number of images per split: set data.num_train, data.num_val and data.num_test")
@@ -155,8 +169,10 @@ class SkinDataModule(L.LightningDataModule):
         with_reference: training items also carry ``reference``, another image of the same label.
         with_index: training items also carry ``index``, their position in the training split (the
             hybrid's table references and retrieval prior leave the target out by it).
-        sampler: ``natural`` (each training image once per epoch) or ``balanced`` (class shares
-            tempered by ``sampler_temperature``: 0 natural, 1 equal; ``datamodules.sampling``).
+        sampler: ``natural`` (each training image once per epoch) or ``balanced`` (shares of the
+            ``sampler_key`` groups tempered by ``sampler_temperature``: 0 natural, 1 equal; ``datamodules.sampling``).
+        sampler_key: what ``balanced`` balances: ``label`` (diagnosis) or ``tone`` (the Fitzpatrick type where
+            the data records one, else the ITA tone group; images of unknown tone are one more group).
         holdout_combos: attribute combinations removed from the training split, e.g.
             ``[{diagnosis: malignant, skin_tone: 6, hair: true}]`` (``datamodules.holdout``).
         holdout_paraphrases: caption frames (the source's last ones) that caption no stored image.
@@ -223,6 +239,7 @@ class SkinDataModule(L.LightningDataModule):
         with_index: bool = False,
         sampler: str = "natural",
         sampler_temperature: float = 1.0,
+        sampler_key: str = "label",
         augment: bool = True,
         augment_flips: bool = True,
         augment_rot90: bool = True,
@@ -236,10 +253,10 @@ class SkinDataModule(L.LightningDataModule):
         progress: bool = True,
     ):
         super().__init__()
-        check_settings(source, on_bad_image, sampler, sampler_temperature, (num_train, num_val, num_test), train_fraction)
+        check_settings(source, on_bad_image, sampler, sampler_temperature, (num_train, num_val, num_test), train_fraction, sampler_key)
         self.source, self.batch_size, self.num_workers, self.seed = source, batch_size, num_workers, seed
         self.with_reference, self.with_index, self.train_fraction = with_reference, with_index, float(train_fraction)
-        self.balanced, self.sampler_temperature = sampler == "balanced", float(sampler_temperature)
+        self.balanced, self.sampler_temperature, self.sampler_key = sampler == "balanced", float(sampler_temperature), sampler_key
         self._holdout_combos = [dict(combo) for combo in holdout_combos or ()]
         self.holdout = Holdout(paraphrases=int(holdout_paraphrases))  # combos resolved against the vocabulary in setup
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
@@ -303,14 +320,15 @@ class SkinDataModule(L.LightningDataModule):
         return self.info.num_classes
 
     def sample_conditions(self, num: int, seed: int, *, split: str = "train", holdout: str | None = None) -> dict[str, Any]:
-        """``num`` conditions (caption, label, attributes, skin_tone) drawn with replacement from ``split``'s rows.
+        """``num`` conditions (caption, label, attributes, skin_tone, ita, tone_group) drawn with replacement from ``split``'s rows.
 
         Args:
             split: whose metadata supplies the label / attribute / tone mix (``train``, ``val``, ``test``).
             holdout: None, the training prompt distribution (each row's own caption); ``"paraphrase"``,
                 the same rows captioned only in held-out frames; ``"combo"``, rows of the held-out
                 combinations only (``split`` val or test), with their own captions; ``"balanced"``, every
-                diagnosis of the split equally often, each row with its own caption.
+                diagnosis of the split equally often, each row with its own caption; ``"tone"``, every skin
+                tone of the split (``DataInfo.tone_field``) equally often, rows of known tone only.
         """
         self.setup()
         if split not in ("train", "val", "test"):
@@ -318,10 +336,23 @@ class SkinDataModule(L.LightningDataModule):
         table = self.table.splits[split]
         return draw_conditions(table, self.info, num, seed, split=split, kind=holdout, holdout=self.holdout)
 
-    def caption_for(self, label: int, attributes: dict[str, int], skin_tone: int = 0, seed: int = 0) -> str:
-        """A caption for chosen values (any combination; unknown = -1 / tone 0 is left out), in a training frame."""
+    def caption_for(self, label: int, attributes: dict[str, int], skin_tone: int = 0, seed: int = 0, tone_group: int = 0) -> str:
+        """A caption for chosen values (any combination; unknown = -1 / tone 0 is left out), in a training frame.
+
+        ``tone_group``: an ITA tone group 1-6 (very light .. dark), named where the data has no Fitzpatrick types.
+        """
         training_frames, _ = caption_templates.frames_of(self.info, self.holdout.paraphrases)
-        return caption_templates.caption_for(self.info, label, attributes, skin_tone, seed, frames=training_frames)
+        return caption_templates.caption_for(self.info, label, attributes, skin_tone, seed, frames=training_frames, tone_group=tone_group)
+
+    def sampler_groups(self) -> np.ndarray:
+        """(N,) group of every training image that ``sampler=balanced`` balances (``sampler_key``)."""
+        self.setup()
+        table = self.table.splits["train"]
+        if self.sampler_key == "label":
+            return table.labels
+        if self.info.tone_field is None or not table.tones(self.info).any():
+            raise ValueError(f"data.sampler_key=tone: no training image of source {self.source!r} has a known skin tone")
+        return table.tones(self.info)
 
     def parse_caption(self, text: str) -> dict[str, Any]:
         return caption_templates.parse_caption(text, self.info)
@@ -333,7 +364,7 @@ class SkinDataModule(L.LightningDataModule):
         )
         if train:  # a seeded order that shards across DDP ranks itself; Lightning saves and restores the position
             if self.balanced:
-                order = ClassBalancedSampler(dataset.labels, self.sampler_temperature, seed=self.seed)
+                order = ClassBalancedSampler(self.sampler_groups(), self.sampler_temperature, seed=self.seed)
             else:
                 order = ShuffledShard(len(dataset), shuffle=True, seed=self.seed)
             batches = ResumableBatchSampler(order, self.batch_size, drop_last=len(dataset) >= self.batch_size)

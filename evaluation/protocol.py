@@ -21,15 +21,15 @@ from evaluation.distributed import gather_rows, rank_and_world
 from evaluation.generation import HOLDOUTS, SampleSet, draw_sample_set, eval_conditions, generate_shard, is_conditional
 from evaluation.features import extract
 from evaluation.fid import frechet_distance
-from evaluation.groups import per_skin_tone
 from evaluation.memorization import memorization_report, training_reference
 from evaluation.provenance import evaluation_provenance
 from evaluation.reconstruction import reconstruction_metrics
 from evaluation.resources import FLOOR_SPLIT, EvalResources, prepare_evaluation
 from evaluation.schema import METRIC_KEYS, empty_metrics
 from evaluation.scoring import bootstrap_weights, distribution_scores, domain_fd, floor_scores, spread
+from evaluation.tone_following import tone_block
 from evaluation.writing import save_closest_pairs, write_files
-from models.classifier import SKIN_TONE_HEAD, batch_targets
+from models.classifier import batch_targets
 from models.generative import ReconstructionSettings, SamplingSettings
 
 NO_INCEPTION_SCORE = "the FID Inception file has pool3 features only, no classifier logits: no Inception Score"
@@ -153,18 +153,10 @@ def visual_accuracy_of(first: SampleSet, cond: dict[str, Any], heads: dict[str, 
     return accuracy_of
 
 
-def skin_tone_block(first: SampleSet, resources: EvalResources, cfg: Any, cond: dict[str, Any] | None) -> dict[str, Any]:
-    """Per Fitzpatrick group figures of the first evaluation seed's samples."""
-    real, name = resources.real, resources.primary.name
-    if first.conditions is not None and "skin_tone" in first.conditions:
-        tones, source = torch.as_tensor(first.conditions["skin_tone"]).long(), "condition"
-    else:
-        tones, source = first.judge_logits[SKIN_TONE_HEAD].argmax(1) + 1, "judge"
-    return per_skin_tone(
-        real.features[name], real.batch["skin_tone"], first.features[name], tones, source,
-        cond_accuracy_of=None if cond is None else visual_accuracy_of(first, cond, resources.judge.heads),
-        min_group_size=int(cfg["min_group_size"]), kid_size=int(cfg["kid_subset_size"]), seed=int(cfg["seeds"][0]),
-    )
+def draw_tone(model: Any, datamodule: Any, resources: EvalResources, cfg: Any, sampling: SamplingSettings | None,
+              progress: bool) -> list[SampleSet] | str:
+    """The tone-balanced prompt set (every skin tone of the split equally often), or why there is none."""
+    return draw_prompt_set(model, datamodule, resources, cfg, sampling, progress, "tone", "tone", "tone-balanced")
 
 
 def evaluate_generator(
@@ -192,10 +184,11 @@ def evaluate_generator(
         sets = draw_sets(model, datamodule, resources, eval_cfg, sampling, progress)
         heldout = draw_heldout(model, datamodule, resources, eval_cfg, sampling, progress)
         balanced = draw_balanced(model, datamodule, resources, eval_cfg, sampling, progress)
+        tone = draw_tone(model, datamodule, resources, eval_cfg, sampling, progress) if datamodule.info.tone_field else "no skin tones"
         recon_real = take(resources.real.batch, slice(0, int(eval_cfg["num_recon"])))
         recon = reconstruction_metrics(model, recon_real, settings, sampling, int(eval_cfg["batch_size"]), int(eval_cfg["seeds"][0]), progress)
     eval_dir = Path(out_dir) / "eval" if rank == 0 else None
-    metrics, details = score(model, datamodule, sets, heldout, balanced, resources, eval_cfg, eval_dir, progress)
+    metrics, details = score(model, datamodule, sets, heldout, balanced, resources, eval_cfg, eval_dir, progress, tone)
     if recon is not None:
         metrics.update(ssim=recon["ssim"], psnr=recon["psnr"], reconstruction_protocol=model.reconstruction_protocol(settings, sampling))
         details["ms_ssim"] = recon["ms_ssim"]
@@ -227,12 +220,14 @@ def eval_settings(model: Any, cfg: Any, resources: EvalResources, sampling: Samp
         **model.sampling_description(sampling),
         "reconstruction": {"strength": settings.strength, "projection_steps": settings.projection_steps, "num": int(cfg["num_recon"])},
         "bootstrap": {"resamples": int(cfg["bootstrap"]["resamples"]), "level": float(cfg["bootstrap"]["level"])},
-        "heldout_n": int(cfg["heldout"]["num_generated"]), "balanced_n": int(cfg["balanced"]["num_generated"]), "budget": budget,
+        "heldout_n": int(cfg["heldout"]["num_generated"]), "balanced_n": int(cfg["balanced"]["num_generated"]),
+        "tone_n": int(cfg["tone"]["num_generated"]), "budget": budget,
     }
 
 
 def score(model: Any, datamodule: Any, sets: list[SampleSet], heldout: dict[str, Any], balanced: list[SampleSet] | str,
-          resources: EvalResources, cfg: Any, eval_dir: Path | None, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+          resources: EvalResources, cfg: Any, eval_dir: Path | None, progress: bool,
+          tone: list[SampleSet] | str = "no tone-balanced prompts") -> tuple[dict[str, Any], dict[str, Any]]:
     """Every set-level figure; metrics (with intervals and null reasons) and the details.json extras."""
     info = datamodule.info
     metrics = empty_metrics()
@@ -263,9 +258,17 @@ def score(model: Any, datamodule: Any, sets: list[SampleSet], heldout: dict[str,
         metrics["memorization"] = memorization_block(sets, datamodule, resources, cfg, eval_dir, progress)
     else:
         nulls["memorization"] = "eval.memorization.enabled is false"
-    if info.skin_tones:
-        metrics["per_skin_tone"] = skin_tone_block(sets[0], resources, cfg, metrics["cond_accuracy"])
+    if info.tone_field is not None:
+        cond = metrics["cond_accuracy"]
+        metrics["per_skin_tone"] = tone_block(
+            sets[0], tone if isinstance(tone, str) else tone[0], resources.real.batch, resources.real.features[resources.primary.name],
+            resources.primary.name, info, resources.judge.heads, cfg,
+            None if cond is None else visual_accuracy_of(sets[0], cond, resources.judge.heads), eval_dir,
+        )
+        following = metrics["per_skin_tone"]["tone_following"]
+        if following is not None:
+            intervals["tone_following"] = following["accuracy_interval"]
     else:
-        nulls["per_skin_tone"] = f"{info.source} records no skin tones"
+        nulls["per_skin_tone"] = f"{info.source} has no skin tones (no Fitzpatrick types, no ITA reading)"
     metrics["intervals"], metrics["nulls"] = intervals, nulls
     return metrics, details

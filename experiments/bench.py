@@ -9,7 +9,8 @@ Suites (each in ``experiments/bench_suites/``; its docstring says what each key 
 ``data`` (loader throughput vs the step's demand), ``train`` (Lightning and hybrid overhead,
 text-embedding cache, speed knobs), ``sample`` (seconds and NFE per sampler, DPM-Solver++ vs
 DDPM FD), ``eval`` (cold vs warm evaluation cache), ``judge`` (judge recipes compared on the
-validation split), ``memory`` (peak RSS of a quick hybrid run).
+validation split), ``memory`` (peak RSS of a quick hybrid run), ``tone`` (the skin-tone reading against
+the phantom's truth and ``derm-ita`` on HAM10000).
 
 Options are ``<suite>.<key>=value`` (``sample.num_images=16 eval.num_images=1000``), composed by
 Hydra from configs/bench.yaml, which lists every suite's options and their defaults; an unknown
@@ -37,7 +38,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import CONFIG_DIR
-from experiments.bench_suites import data, eval_cache, judge, memory, sample, train
+from experiments.bench_suites import data, eval_cache, judge, memory, sample, tone, train
 from experiments.command import command
 
 
@@ -78,6 +79,7 @@ SUITES: dict[str, Suite] = {
     "eval": Suite(eval_cache.suite, suite_options(DEFAULTS, "eval")),
     "judge": Suite(judge.suite, suite_options(DEFAULTS, "judge")),
     "memory": Suite(memory.suite, suite_options(DEFAULTS, "memory")),
+    "tone": Suite(tone.suite, suite_options(DEFAULTS, "tone")),
 }
 
 # Keys bench.json always has (null until their suite runs).

@@ -127,6 +127,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
 CONDITIONING_KEYS = ("prompt", "prompts", "balanced", "reference", "guidance_scale")
 # Words that name a skin type; a prompt with one that the model cannot read gets a warning.
 SKIN_TYPE_WORDS = re.compile(r"\b(fitzpatrick|phototype|skin\s+type|type\s+[ivx0-9]+\s+skin)\b", re.IGNORECASE)
+TONE_GROUP_WORDS = re.compile(r"\b(very\s+light|light|intermediate|tan|brown|dark)\s+skin\b", re.IGNORECASE)
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -159,6 +160,8 @@ def unrecognised(prompt: str, parsed: dict[str, Any], info: DataInfo) -> list[st
     if SKIN_TYPE_WORDS.search(prompt) and "skin_tone" not in parsed:
         problems.append("a skin type this model cannot read (Fitzpatrick I-VI)" if info.skin_tones
                         else "a skin type, but this model was trained without skin types")
+    if TONE_GROUP_WORDS.search(prompt) and not info.tone_groups:
+        problems.append("a skin tone, but this model was trained without ITA tone groups")
     return problems
 
 

@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from evaluation.schema import read_metrics_json  # noqa: E402
 from experiments.command import command  # noqa: E402
 from experiments.report_downstream import downstream_sections  # noqa: E402
+from experiments.report_tone import tone_lines  # noqa: E402
 
 log = logging.getLogger(__name__)
 DASH = "—"
@@ -59,6 +60,7 @@ COLUMNS: list[tuple[str, str, str | None, int, float]] = [
     ("visual acc.", "mean_visual", "cond_accuracy.mean_visual", 3, 1.0),
     ("copy rate", "copy_rate", None, 3, 1.0),
     ("worst tone FD", "worst_tone_fd", None, 2, 1.0),
+    ("tone-following acc.", "tone_following", "tone_following", 3, 1.0),
     ("train time (s)", "train_time_s", None, 0, 1.0),
     ("s / image", "sample_time_s_per_image", None, 4, 1.0),
     ("NFE", "nfe", None, 0, 1.0),
@@ -92,6 +94,7 @@ def figures_of(run_dir: Path, metrics: dict[str, Any]) -> dict[str, tuple[float 
         "diagnosis_balanced": ((cond.get("balanced") or {}).get("diagnosis_balanced") or {}).get("accuracy"),
         "copy_rate": memorization.get("copy_rate", (memorization.get("feature") or {}).get("copy_rate")),
         "worst_tone_fd": (metrics.get("per_skin_tone") or {}).get("worst_fid"),
+        "tone_following": ((metrics.get("per_skin_tone") or {}).get("tone_following") or {}).get("accuracy"),
     }
     intervals = metrics.get("intervals") or {}
     out = {}
@@ -281,6 +284,8 @@ def build_report(root: str | Path, select: str = "**/metrics.json", page: str | 
         lines += ["", *section_lines(index, key, group)]
         suffix = "" if len(ordered) == 1 else f"_table{index}"
         plots += make_plots(group_rows([r for r in group if r["ablation"] is None] or group), group, plot_dir, suffix)
+    tones = tone_lines(runs)
+    lines += ["", *tones] if tones else []
     lines += downstream
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]

@@ -7,8 +7,8 @@ guidance and conditioning dropout use. It also names what the UNet needs to read
 rest, so a new kind of conditioning is one class here (or beside it) and one YAML node:
 
 - :class:`NoConditioning` (``ddpm``): nothing; every row is unconditional.
-- :class:`Label` (``ddpm_class``): a learned embedding of diagnosis, attributes and skin tone,
-  added to the UNet's timestep embedding.
+- :class:`Label` (``ddpm_class``): a learned embedding of diagnosis, attributes and skin tone
+  (Fitzpatrick type, or the ITA tone group on real data), added to the UNet's timestep embedding.
 - ``models.text_fusion.TextFusion`` (``hybrid``): text tokens for cross-attention plus a fused
   text + image code added to the timestep embedding.
 """
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from datamodules.captions import parse_caption
 from datamodules.info import DataInfo
 
-NUM_SKIN_TONES = 6  # Fitzpatrick I-VI; batches carry 1-6, 0 = unknown
+NUM_SKIN_TONES = 6  # Fitzpatrick I-VI or ITA groups very light .. dark; batches carry 1-6, 0 = unknown
 
 
 @dataclass
@@ -125,7 +125,9 @@ class ConditionEmbedding(nn.Module):
         data_info: vocabulary (diagnoses, attribute values, whether skin tones exist).
         dim: embedding width.
         use_attributes: embed ``conditions["attributes"]`` besides the label.
-        use_skin_tone: embed ``conditions["skin_tone"]`` (only where ``data_info.skin_tones``).
+        use_skin_tone: embed the skin tone, ``conditions[data_info.tone_field]``: the Fitzpatrick type where the
+            data records one (the phantom), else the ITA tone group read from the healthy skin (HAM10000),
+            unknown where neither is known.
     """
 
     def __init__(self, data_info: DataInfo, dim: int, use_attributes: bool = True, use_skin_tone: bool = True) -> None:
@@ -134,7 +136,8 @@ class ConditionEmbedding(nn.Module):
         sizes = {"label": data_info.num_classes}
         if use_attributes:
             sizes.update({f"attribute_{name}": len(values) for name, values in data_info.attribute_classes.items()})
-        if use_skin_tone and data_info.skin_tones:
+        self.tone_field = data_info.tone_field if use_skin_tone else None
+        if self.tone_field is not None:
             sizes["skin_tone"] = NUM_SKIN_TONES
         self.sizes = sizes
         # Row ``size`` of each table is "unknown / dropped"; small init keeps the sum O(1).
@@ -150,7 +153,7 @@ class ConditionEmbedding(nn.Module):
             if name == "label":
                 value = conditions.get("label")
             elif name == "skin_tone":
-                tone = conditions.get("skin_tone")
+                tone = conditions.get(self.tone_field)
                 value = None if tone is None else torch.as_tensor(tone).long() - 1  # 1-6 -> 0-5, unknown -> -1
             else:
                 value = attributes.get(name.removeprefix("attribute_"))
@@ -204,11 +207,13 @@ class Label(Conditioner):
 
 
 def prompt_conditions(prompts: list[str], info: DataInfo) -> dict[str, Any]:
-    """Conditions for free prompts: the captions plus whatever label, attributes and skin tone they name."""
+    """Conditions for free prompts: the captions plus whatever label, attributes and skin tone (Fitzpatrick type or
+    ITA tone group) they name."""
     parsed = [parse_caption(p, info) for p in prompts]
     return {
         "caption": list(prompts),
         "label": torch.tensor([p.get("label", -1) for p in parsed]),
         "attributes": {n: torch.tensor([p.get("attributes", {}).get(n, -1) for p in parsed]) for n in info.attribute_names},
         "skin_tone": torch.tensor([p.get("skin_tone", 0) for p in parsed]),
+        "tone_group": torch.tensor([p.get("tone_group", 0) for p in parsed]),
     }

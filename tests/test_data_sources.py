@@ -19,7 +19,7 @@ from datamodules.transforms import ImageTooSmallError
 from experiments import CONFIG_DIR
 from PIL import Image
 
-BATCH_KEYS = {"image", "caption", "label", "attributes", "skin_tone"}
+BATCH_KEYS = {"image", "caption", "label", "attributes", "skin_tone", "ita", "tone_group"}
 
 
 # ---- tiny data sets in every supported format --------------------------------------------------
@@ -96,6 +96,10 @@ def check_batch(dm: SkinDataModule, size: int = 16) -> dict:
         assert batch["label"].shape == (count,) and batch["label"].dtype == torch.long
         assert ((batch["label"] >= 0) & (batch["label"] < dm.num_classes)).all()
         assert batch["skin_tone"].shape == (count,)
+        assert batch["ita"].shape == (count,) and batch["ita"].dtype == torch.float32
+        assert batch["tone_group"].shape == (count,) and ((batch["tone_group"] >= 0) & (batch["tone_group"] <= 6)).all()
+        known = batch["tone_group"] > 0
+        assert torch.isfinite(batch["ita"][known]).all()  # a tone group is only given to a read (or given) ITA
         assert set(batch["attributes"]) == set(dm.attribute_names)
         for name, values in batch["attributes"].items():
             assert values.dtype == torch.long and ((values >= -1) & (values < len(dm.info.attribute_classes[name]))).all()

@@ -157,10 +157,14 @@ def test_per_skin_tone_groups_and_worst() -> None:
     tones = torch.arange(300) % 6 + 1
     fake = real.clone()
     fake[tones >= 5] += 3.0  # the generator serves dark skin badly
-    result = per_skin_tone(real, tones, fake, tones, "condition", cond_accuracy_of=lambda rows: float(rows.float().mean()))
+    result = per_skin_tone(real, tones, fake, tones, "condition", cond_accuracy_of=lambda rows: float(rows.float().mean()),
+                           min_fid_images=40)
     groups = result["groups"]
-    assert set(groups) == {"I-II", "III-IV", "V-VI"}
-    assert groups["I-II"]["fid"] == pytest.approx(0.0, abs=1e-6) and groups["V-VI"]["fid"] > 1.0
-    assert result["worst_group_fid"] == "V-VI" and result["worst_fid"] == groups["V-VI"]["fid"]
-    sparse = per_skin_tone(real, tones, fake, torch.ones(300, dtype=torch.long), "judge", min_group_size=10)
-    assert sparse["groups"]["V-VI"]["fid"] is None and sparse["groups"]["V-VI"]["num_generated"] == 0
+    assert set(groups) == {"I", "II", "III", "IV", "V", "VI"} and groups["I"]["n"] == 50
+    assert groups["I"]["fid"] == pytest.approx(0.0, abs=1e-6) and groups["VI"]["fid"] > 1.0
+    assert result["worst_group_fid"] in ("V", "VI") and result["worst_fid"] == groups[result["worst_group_fid"]]["fid"]
+    sparse = per_skin_tone(real, tones, fake, torch.ones(300, dtype=torch.long), "judge", min_fid_images=40)
+    assert sparse["groups"]["VI"]["fid"] is None and sparse["groups"]["VI"]["num_generated"] == 0
+    assert "FD needs 40" in sparse["groups"]["VI"]["nulls"]["fid"]
+    few = per_skin_tone(real, tones, fake, tones, "condition")  # 50 per group: under the default 100, FD is not given
+    assert all(entry["fid"] is None and entry["nulls"]["fid"] for entry in few["groups"].values())

@@ -74,8 +74,16 @@ class SplitTable:
     image_ids: list[str]
     lesion_ids: list[str] | None = None
     # Per row, the keyword arguments besides label, attributes and tone that rewrite its caption
-    # in other frames (``captions.caption_for``: seed, age, colour names); None for captions from files.
+    # in other frames (``captions.caption_for``: seed, age, colour names, ITA tone group); None for captions from files.
     caption_inputs: list[dict[str, Any]] | None = None
+    ita: np.ndarray | None = None  # (N,) float64 degrees of the healthy skin, NaN unknown (``datamodules.tone``)
+    tone_group: np.ndarray | None = None  # (N,) int64 ITA tone group 1-6 where confident, 0 unknown
+
+    def __post_init__(self) -> None:
+        if self.ita is None:
+            self.ita = np.full(len(self.labels), np.nan)
+        if self.tone_group is None:
+            self.tone_group = np.zeros(len(self.labels), np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -88,7 +96,13 @@ class SplitTable:
             attributes={name: values[rows] for name, values in self.attributes.items()}, skin_tone=self.skin_tone[rows],
             captions=_pick(self.captions, rows), image_ids=_pick(self.image_ids, rows),
             lesion_ids=_pick(self.lesion_ids, rows), caption_inputs=_pick(self.caption_inputs, rows),
+            ita=self.ita[rows], tone_group=self.tone_group[rows],
         )
+
+    def tones(self, info: DataInfo) -> np.ndarray:
+        """(N,) int64 tone of each row in ``info.tone_field`` (Fitzpatrick type or ITA group, 1-6, 0 unknown)."""
+        field = info.tone_field
+        return np.zeros(len(self), np.int64) if field is None else np.asarray(getattr(self, field), np.int64)
 
 
 def _pick(values: list[Any] | None, rows: np.ndarray) -> list[Any] | None:
@@ -107,7 +121,9 @@ class SourceTable:
         re-processed photos never reuse a stale judge, and a byte-identical copy of the data set
         (other modification times) is the same data.
         """
-        text = json.dumps({"info": {**self.info.to_dict(), "fingerprint": ""},
+        # Tone groups are read from the pixels hashed here; whether a source has them leaves the data the same.
+        info = {key: value for key, value in self.info.to_dict().items() if key != "tone_groups"}
+        text = json.dumps({"info": {**info, "fingerprint": ""},
                            "splits": {k: v.image_ids for k, v in self.splits.items()},
                            "pixels": {k: v.images.content for k, v in self.splits.items()}}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]

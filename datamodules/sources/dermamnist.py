@@ -22,6 +22,7 @@ from datamodules.sources.base import SPLITS, SourceRequest, SourceTable, SplitTa
 from datamodules.sources.decode import content_fingerprint
 from datamodules.sources.ham10000 import HAM_CLASSES
 from datamodules.sources.metadata_captions import FRAMES, metadata_caption
+from datamodules.sources.tone_split import split_tones
 from datamodules.transforms import ImageTooSmallError, square
 
 
@@ -57,7 +58,7 @@ def load(request: SourceRequest) -> SourceTable:
     missing = [k for k in expected if k not in data.files]
     if missing:
         raise ValueError(f"dermamnist: {path} lacks key(s) {missing}; expected {expected}, found {sorted(data.files)}")
-    info = DataInfo(source="dermamnist", image_size=request.image_size, class_names=HAM_CLASSES)
+    info = DataInfo(source="dermamnist", image_size=request.image_size, class_names=HAM_CLASSES, tone_groups=True)
     training_frames, _ = split_frames(len(FRAMES), request.holdout_paraphrases)
     splits: dict[str, SplitTable] = {}
     for code, split in enumerate(SPLITS):
@@ -81,11 +82,13 @@ def load(request: SourceRequest) -> SourceTable:
                "rows": hashlib.sha1(rows.tobytes()).hexdigest(), "preprocess": request.preprocess_key()}
         images, _ = cached_images(request.cache_dir, key, (len(rows), size, size, 3), build)
         labels = labels[rows]
-        inputs = [{"seed": request.split_seed * 1_000_003 + code * 100_003 + int(r)} for r in rows]
+        tones = split_tones(request, "dermamnist", split, images)
+        inputs = [{"seed": request.split_seed * 1_000_003 + code * 100_003 + int(r), "tone_group": int(g)} for r, g in zip(rows, tones.group)]
         splits[split] = SplitTable(
             images=images, labels=labels, attributes={}, skin_tone=np.zeros(len(rows), np.int64),
             captions=[metadata_caption(info, int(label), {}, 0, frames=training_frames, **kwargs) for label, kwargs in zip(labels, inputs)],
             image_ids=[f"{path.stem}-{split}-{r}" for r in rows], lesion_ids=None, caption_inputs=inputs,
+            ita=tones.ita, tone_group=tones.group,
         )
     check_nonempty("dermamnist", splits)
     return SourceTable(info=info, splits=splits)

@@ -7,8 +7,13 @@
   Integer labels name classes ``"0" .. "K-1"`` unless ``data.class_names`` gives names.
   With ``data.class_names`` set, a label outside it is an error.
 - ``split`` (optional): train / val / test per row; otherwise a seeded split stratified by label.
+- ``fitzpatrick`` (optional): the Fitzpatrick type, 1-6 or I-VI, empty where unknown. With it the data
+  has skin types (``batch["skin_tone"]``), which then serve as its tone for conditioning, sampling and
+  per-group figures.
+- ``ita`` (optional): the Individual Typology Angle in degrees, empty where unknown; it wins over the
+  ITA read from the pixels (``datamodules.tone``), which fills the rows without one.
 The CSV is ``root/captions.csv`` or ``data.csv=FILE`` (UTF-8; quote captions that contain commas).
-Each image is listed once (a duplicate would land in two splits). Attributes and skin tone are unknown here.
+Each image is listed once (a duplicate would land in two splits). Attributes are unknown here.
 """
 
 from __future__ import annotations
@@ -20,13 +25,41 @@ import pandas as pd
 
 from datamodules.cache import U8Images
 from datamodules.info import DataInfo
+from datamodules.phrasing import ROMAN
 from datamodules.sources.base import SPLITS, SourceRequest, SourceTable, SplitTable, stratified_split
 from datamodules.sources.table import (
     check_filled, check_unique, choose_rows, decode_splits, present_rows, read_table, rows_where,
 )
+from datamodules.tone import ToneTable, tone_group
 
 REQUIRED = ("file", "caption")
-OPTIONAL = ("label", "split")
+OPTIONAL = ("label", "split", "fitzpatrick", "ita")
+
+
+def fitzpatrick_column(table: pd.DataFrame, path: Path) -> np.ndarray:
+    """(N,) int64 Fitzpatrick types 1-6 of the ``fitzpatrick`` column (0 where empty or absent)."""
+    if "fitzpatrick" not in table.columns:
+        return np.zeros(len(table), np.int64)
+    text = table["fitzpatrick"].str.strip().str.upper()
+    lookup = {**{str(i): i for i in range(1, 7)}, **{r: i + 1 for i, r in enumerate(ROMAN)}, "": 0}
+    bad = rows_where(text, ~text.isin(lookup))
+    if bad:
+        raise ValueError(f"folder: {path} row {bad[0]} has fitzpatrick {table['fitzpatrick'].loc[bad[0]]!r}; expected 1-6 or I-VI "
+                         "(empty where unknown)")
+    return text.map(lookup).to_numpy(np.int64)
+
+
+def ita_column(table: pd.DataFrame, path: Path) -> np.ndarray:
+    """(N,) float64 ITA in degrees of the ``ita`` column (NaN where empty or absent)."""
+    if "ita" not in table.columns:
+        return np.full(len(table), np.nan)
+    text = table["ita"].str.strip()
+    values = pd.to_numeric(text.where(text != ""), errors="coerce").to_numpy(np.float64)
+    bad = rows_where(text, (text != "") & ~np.isfinite(values) | (np.abs(np.nan_to_num(values)) > 180))
+    if bad:
+        raise ValueError(f"folder: {path} row {bad[0]} has ita {table['ita'].loc[bad[0]]!r}; expected an angle in degrees "
+                         "between -180 and 180 (empty where unknown)")
+    return values
 
 
 def class_vocabulary(values: pd.Series, given: tuple[str, ...] | None, path: Path) -> tuple[tuple[str, ...], np.ndarray]:
@@ -88,14 +121,19 @@ def load(request: SourceRequest) -> SourceTable:
         class_names, labels = ("unknown",), np.zeros(len(table), np.int64)
     present = present_rows("folder", path, table, np.array([f.is_file() for f in files], bool), [str(f) for f in files],
                            request.on_bad_image, "files that exist")
+    fitzpatrick, given_ita = fitzpatrick_column(table, path), ita_column(table, path)
     chosen = choose_rows("folder", path, request, split_of_rows(table, labels, request, path), present)
-    info = DataInfo(source="folder", image_size=request.image_size, class_names=class_names)
+    info = DataInfo(source="folder", image_size=request.image_size, class_names=class_names,
+                    skin_tones=bool((fitzpatrick > 0).any()), tone_groups=True)
 
-    def make(images: U8Images, rows: np.ndarray) -> SplitTable:
+    def make(images: U8Images, rows: np.ndarray, tones: ToneTable) -> SplitTable:
+        given = given_ita[rows]
+        known = np.isfinite(given)
         return SplitTable(
-            images=images, labels=labels[rows], attributes={}, skin_tone=np.zeros(len(rows), np.int64),
+            images=images, labels=labels[rows], attributes={}, skin_tone=fitzpatrick[rows],
             captions=[str(table["caption"].iloc[r]) for r in rows],
             image_ids=[str(table["file"].iloc[r]) for r in rows], lesion_ids=None,
+            ita=np.where(known, given, tones.ita), tone_group=np.where(known, tone_group(given), tones.group).astype(np.int64),
         )
 
     return SourceTable(info=info, splits=decode_splits(request, "folder", chosen, lambda r: files[r], make))

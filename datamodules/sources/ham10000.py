@@ -2,7 +2,9 @@
 
 Expected columns: ``image_id``, ``lesion_id``, ``dx`` (required) and ``dx_type``, ``age``, ``sex``,
 ``localization`` (optional; missing values become unknown, -1). Images are found anywhere below
-``root`` by file stem (``HAM10000_images_part_1/``, ``_part_2/`` or ``images/``). Splits hold
+``root`` by file stem (``HAM10000_images_part_1/``, ``_part_2/`` or ``images/``), lesion masks likewise
+(``<image_id>_segmentation.png``, lesion white): where present they keep the lesion out of the skin-tone
+reading (``datamodules.tone``; without one the lesion is found by Otsu's threshold). Splits hold
 whole lesions (one lesion's images never straddle two splits) and keep each diagnosis's share.
 
 ``ham10000`` fixes the seven HAM10000 diagnosis codes (another code is an error); ``isic`` takes
@@ -23,6 +25,7 @@ from datamodules.sources.base import SourceRequest, SourceTable, SplitTable, str
 from datamodules.sources.decode import index_images
 from datamodules.sources.metadata_captions import FRAMES, metadata_caption
 from datamodules.sources.table import check_filled, check_unique, choose_rows, decode_splits, present_rows, read_table, rows_where
+from datamodules.tone import ToneTable
 
 HAM_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 REQUIRED = ("image_id", "lesion_id", "dx")
@@ -89,25 +92,30 @@ def load(request: SourceRequest, source: str = "ham10000") -> SourceTable:
     attributes["age"] = np.array([age_bin(a) for a in ages], np.int64)
     attribute_classes = {name: vocab[name] for name in ("localization", "sex", "age", "dx_type") if vocab[name]}
     info = DataInfo(source=source, image_size=request.image_size, class_names=class_names,
-                    attribute_classes=attribute_classes, skin_tones=False)
+                    attribute_classes=attribute_classes, skin_tones=False, tone_groups=True)
 
     split_of_row = stratified_group_split(labels, lesion_ids, (request.val_fraction, request.test_fraction), request.split_seed)
     chosen = choose_rows(source, path, request, split_of_row, present)
     training_frames, _ = split_frames(len(FRAMES), request.holdout_paraphrases)
 
-    def make(images: U8Images, rows: np.ndarray) -> SplitTable:
+    def make(images: U8Images, rows: np.ndarray, tones: ToneTable) -> SplitTable:
         attrs = {name: values[rows] for name, values in attributes.items() if name in attribute_classes}
-        inputs = [{"seed": request.split_seed * 1_000_003 + int(r), "age": float(ages[r])} for r in rows]
+        groups = tones.group
+        inputs = [{"seed": request.split_seed * 1_000_003 + int(r), "age": float(ages[r]), "tone_group": int(groups[i])}
+                  for i, r in enumerate(rows)]
         return SplitTable(
             images=images, labels=labels[rows], attributes=attrs, skin_tone=np.zeros(len(rows), np.int64),
             captions=[metadata_caption(info, int(labels[r]), {k: int(v[i]) for k, v in attrs.items()}, 0, frames=training_frames,
                                        **inputs[i]) for i, r in enumerate(rows)],
             image_ids=[str(image_ids[r]) for r in rows],
             lesion_ids=[str(lesion_ids[r]) for r in rows],
-            caption_inputs=inputs,
+            caption_inputs=inputs, ita=tones.ita, tone_group=groups,
         )
 
-    return SourceTable(info=info, splits=decode_splits(request, source, chosen, lambda r: files[image_ids[r]], make))
+    def mask_of(row: int) -> Path | None:
+        return files.get(f"{image_ids[row]}_segmentation")  # HAM10000's lesion masks, where present
+
+    return SourceTable(info=info, splits=decode_splits(request, source, chosen, lambda r: files[image_ids[r]], make, mask_of))
 
 
 def load_isic(request: SourceRequest) -> SourceTable:

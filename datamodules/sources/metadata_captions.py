@@ -5,7 +5,8 @@ The diagnosis is named in the words of the HAM10000 paper and dermatology report
     "dermoscopy of a basal cell carcinoma on the face of a 70-year-old man, confirmed by histopathology"
     "a dermoscopic photograph: vascular lesion (angioma, angiokeratoma, pyogenic granuloma), lower extremity, woman aged 45"
 
-Site (localization), age and sex appear where the metadata knows them. Seven frames (sentence
+Site (localization), age and sex appear where the metadata knows them, and the skin tone where it is
+known (a Fitzpatrick type) or read with confidence from the healthy skin (an ITA group, "on brown skin"). Seven frames (sentence
 structures) and several phrasings per diagnosis give paraphrase variety; the last frames are the
 ones ``data.holdout_paraphrases`` keeps out of training.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from datamodules.info import DataInfo
-from datamodules.phrasing import ROMAN, Vocabulary, choose_frame, fill_frame, pick, value_name
+from datamodules.phrasing import ROMAN, TONE_GROUP_PHRASES, Vocabulary, choose_frame, fill_frame, pick, value_name
 
 PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
     "label": {  # HAM10000 diagnosis codes; other class names are written as they are
@@ -56,7 +57,7 @@ PARSE_ONLY = {
     ("dx_type", "consensus"): ("consensus",),
     ("dx_type", "confocal"): ("confocal",),
 }
-FRAMES = tuple(frame + "[, Fitzpatrick skin type {tone}]" for frame in (
+FRAMES = tuple(frame + "[, Fitzpatrick skin type {tone}][, on {tone_group}]" for frame in (
     "dermoscopic image of {a_dx}[ on the {site}][ of {a_patient}][, {confirmation}]",
     "dermoscopy of {a_dx}[ on the {site}][ in {a_patient}][, {confirmation}]",
     "dermatoscopic view[ of the {site}][ of {a_patient}] showing {a_dx}[, {confirmation}]",
@@ -90,8 +91,12 @@ def _patient(rng: np.random.Generator, sex: str | None, age: float | None, age_b
 
 
 def metadata_caption(info: DataInfo, label: int, attributes: dict[str, int], skin_tone: int = 0, seed: int = 0,
-                     age: float | None = None, *, frames: tuple[int, ...] | None = None) -> str:
-    """Caption of one image from its metadata (unknowns left out), in one of ``frames`` (default: any)."""
+                     age: float | None = None, tone_group: int = 0, *, frames: tuple[int, ...] | None = None) -> str:
+    """Caption of one image from its metadata (unknowns left out), in one of ``frames`` (default: any).
+
+    The skin is named by its Fitzpatrick type where the data records one, else by its ITA tone group
+    (1-6, 0 unknown: only groups read with confidence are passed), e.g. "..., on brown skin".
+    """
     rng = np.random.default_rng(seed)
     frame = choose_frame(rng, frames, len(FRAMES))
     name = info.class_names[label] if 0 <= label < info.num_classes else "unknown"
@@ -99,7 +104,7 @@ def metadata_caption(info: DataInfo, label: int, attributes: dict[str, int], ski
     site = value_name(info, attributes, "localization")
     patient = _patient(rng, value_name(info, attributes, "sex"), age, value_name(info, attributes, "age"))
     confirmation = value_name(info, attributes, "dx_type")
-    return fill_frame(FRAMES[frame], {
+    slots = {
         "dx": diagnosis,
         "a_dx": with_article(diagnosis),
         "site": pick(rng, VOCABULARY.phrasings("localization", site)) if site else None,
@@ -107,4 +112,8 @@ def metadata_caption(info: DataInfo, label: int, attributes: dict[str, int], ski
         "a_patient": with_article(patient) if patient else None,
         "confirmation": pick(rng, VOCABULARY.phrasings("dx_type", confirmation)) if confirmation else None,
         "tone": ROMAN[skin_tone - 1] if 1 <= skin_tone <= 6 else None,
-    })
+    }
+    # drawn last, so a row's other phrasings are the same with or without a tone
+    named_group = 1 <= tone_group <= len(TONE_GROUP_PHRASES) and not 1 <= skin_tone <= 6
+    slots["tone_group"] = pick(rng, TONE_GROUP_PHRASES[tone_group - 1]) if named_group else None
+    return fill_frame(FRAMES[frame], slots)

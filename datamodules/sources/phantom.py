@@ -33,6 +33,7 @@ from datamodules.info import DataInfo
 from datamodules.phrasing import NUMBER_WORDS, ROMAN, Vocabulary, choose_frame, fill_frame, join, pick, split_frames, value_name
 from datamodules.sources.base import SPLITS, SourceRequest, SourceTable, SplitTable
 from datamodules.sources.phantom_render import COLOUR_NAMES, RENDERER_VERSION, LesionSpec, render
+from datamodules.sources.tone_split import split_tones
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def load(request: SourceRequest) -> SourceTable:
             raise ValueError(f"phantom: num_{split} must be a positive number of images, got {count!r}")
     info = DataInfo(
         source="phantom", image_size=request.image_size, class_names=CLASS_NAMES,
-        attribute_classes=dict(ATTRIBUTE_CLASSES), skin_tones=True,
+        attribute_classes=dict(ATTRIBUTE_CLASSES), skin_tones=True, tone_groups=True,
     )
     training_frames, _ = split_frames(len(FRAMES), request.holdout_paraphrases)
     splits: dict[str, SplitTable] = {}
@@ -240,10 +241,11 @@ def load(request: SourceRequest) -> SourceTable:
                             int(truth["skin_tone"][i]), frames=training_frames, **inputs[i])
             for i in range(count)
         ]
+        tones = split_tones(request, "phantom", split, images)  # the rendered type is the truth; the ITA is read as on real data
         splits[split] = SplitTable(
             images=images, labels=truth["labels"], attributes=truth["attributes"], skin_tone=truth["skin_tone"],
             captions=captions, image_ids=[f"phantom-{request.split_seed}-{split}-{i}" for i in range(count)], lesion_ids=None,
-            caption_inputs=inputs,
+            caption_inputs=inputs, ita=tones.ita, tone_group=tones.group,
         )
     return SourceTable(info=info, splits=splits)
 

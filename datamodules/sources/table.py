@@ -3,7 +3,7 @@
 Reading the CSV so that every problem names the file and the row (the line of the record: the
 header is row 1): text that is not UTF-8, a header with no rows, a row with more or fewer fields
 than the header (an unquoted comma in a caption), an empty required value, a duplicated image.
-Then finding the images, choosing the split rows and decoding each split into the cache.
+Then finding the images, choosing the split rows, decoding each split into the cache and reading its skin tone.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import pandas as pd
 from datamodules.cache import U8Images
 from datamodules.sources.base import SPLITS, SourceRequest, SplitTable, check_nonempty, subsample
 from datamodules.sources.decode import decode_split
+from datamodules.sources.tone_split import split_tones
+from datamodules.tone import ToneTable
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +126,16 @@ def choose_rows(source: str, path: Path, request: SourceRequest, split_of_row: n
 
 def decode_splits(
     request: SourceRequest, source: str, chosen: dict[str, np.ndarray], file_of: Callable[[int], Path],
-    make: Callable[[U8Images, np.ndarray], SplitTable],
+    make: Callable[[U8Images, np.ndarray, ToneTable], SplitTable], mask_of: Callable[[int], Path | None] | None = None,
 ) -> dict[str, SplitTable]:
-    """Decode each split's files into the cache and build its table from the rows that decoded."""
+    """Decode each split's files into the cache, read their skin tone (with the lesion mask ``mask_of(row)`` where
+    the data set has one) and build its table from the rows that decoded."""
     splits: dict[str, SplitTable] = {}
     for split, rows in chosen.items():
         images, keep = decode_split(request, source, split, [file_of(int(r)) for r in rows])
-        splits[split] = make(images, rows[np.asarray(keep, np.int64)])
+        rows = rows[np.asarray(keep, np.int64)]
+        masks = [mask_of(int(r)) for r in rows] if mask_of is not None else None
+        tones = split_tones(request, source, split, images, masks, [file_of(int(r)) for r in rows] if masks else None)
+        splits[split] = make(images, rows, tones)
     check_nonempty(source, splits)  # every image of a split may have been skipped as unreadable
     return splits
