@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from experiments import CONFIG_DIR
 from tests.helpers import experiment_names
 
-GROUPS_IN_ORDER = ("data", "model", "trainer", "logger", "callbacks", "paths", "eval", "exp", "budget", "route")
+GROUPS_IN_ORDER = ("data", "model/noise", "model", "trainer", "logger", "callbacks", "paths", "eval", "exp", "budget", "route")
 
 
 def _package(path: Path, text: str) -> str:
@@ -64,7 +64,8 @@ def composition(*overrides: str) -> list[tuple[Path, str]]:
     choices = compose("config", overrides=list(overrides), return_hydra_config=True).hydra.runtime.choices
     files = [(CONFIG_DIR / "config.yaml", "")]
     for group in GROUPS_IN_ORDER:
-        files += _files(CONFIG_DIR / group / f"{choices[group]}.yaml")
+        if group in choices:  # model/noise: only the diffusion models have it
+            files += _files(CONFIG_DIR / group / f"{choices[group]}.yaml")
     return files
 
 
