@@ -94,8 +94,7 @@ def model_card(model: GenerativeModule, sampling: dict[str, Any]) -> str:
         f"Synthetic dermatology image generator trained with DermSynth on `{info.source}`. {INTENDED_USE}",
         "",
         f"- training data: {licence_of(info.source)[0]}; licence: {licence_of(info.source)[1]} (see `NOTICE`)",
-        f"- denoiser: `{unet_cls}`, {params / 1e6:.2f} M parameters, prediction `{model.noise.prediction_type}`, "
-        f"schedule `{model.noise.config['beta_schedule']}` (T = {model.noise.num_train_timesteps})",
+        f"- denoiser: `{unet_cls}`, {params / 1e6:.2f} M parameters; noise process: {model.noise.describe()}",
         f"- sampler: `{sampling['sampler']}`, {sampling['steps']} steps, guidance scale {sampling['guidance_scale'] or 'n/a'}",
         f"- diagnoses: {', '.join(info.class_names)}; attributes: {', '.join(info.attribute_names) or 'none'}",
     ]

@@ -1,40 +1,30 @@
-"""The Gaussian noise process shared by every diffusion model here (hybrid, ddpm, ddpm_class).
+"""The Gaussian noise process of a DDPM (Ho et al. 2020): the default process of hybrid, ddpm and ddpm_class.
 
-It knows nothing of conditioning: a model hands in a ``denoise_fn(sample, timestep) -> output``
-closure (its UNet with the conditioning already bound) and gets back losses and images.
+A discrete schedule of T noise levels (cosine by default), ``x_t = sqrt(a_bar) x0 + sqrt(1 - a_bar) eps``,
+a choice of regression target (``prediction_type``) with Min-SNR weighting, and diffusers' DDPM,
+DDIM and DPM-Solver++ schedulers to sample. The API it shares with the flow-matching and EDM
+processes (training loss, sampling, the reconstruction protocol) is described in
+``models.process``; ``NoiseProcess`` adds ``add_noise``, ``target``, ``predict_x0`` and ``loss_weight``.
 
-API (``process = NoiseProcess(beta_schedule="squaredcos_cap_v2", prediction_type="sample")``):
-
-- ``process.training_loss(denoise_fn, x0, generator=None) -> (loss, aux)``: draw ``t`` and noise,
-  build ``x_t``, regress the ``prediction_type`` target; optional min-SNR weighting.
-  ``aux`` holds ``timesteps`` (B,), ``noisy`` (B,C,H,W), ``noise``, ``model_output``,
-  ``pred_x0`` (the model's clean-image estimate, with gradient, for auxiliary losses) and
-  ``weight`` (B,) the per-sample loss weights.
-- ``process.sample(denoise_fn, shape, sampler=..., steps=..., generator=None, device=None,
-  progress=False) -> x0`` (in [-1, 1] with ``clip_sample``): DDPM, DDIM or DPM-Solver++ via diffusers schedulers.
-- ``process.reconstruct(denoise_fn, x0, strength=..., sampler=..., steps=..., generator=None,
-  progress=False) -> x0_hat``: the img2img protocol (noise ``x0`` to ``t = strength * T``, denoise).
-- ``classifier_free_guidance(denoise_fn, guidance_scale) -> denoise_fn``: wraps a denoiser whose
-  conditioning was bound for a doubled batch ``[cond; uncond]``; one forward per step.
-- ``process.scheduler(sampler, steps)`` the configured diffusers scheduler (also what export saves);
-  ``process.nfe(sampler, steps, guided)`` network evaluations per image; ``process.last_nfe`` counts
-  the ``denoise_fn`` calls of the last ``sample``/``reconstruct``.
+    process = NoiseProcess(beta_schedule="squaredcos_cap_v2", prediction_type="sample")
+    loss, aux = process.training_loss(denoise_fn, x0)
+    images = process.sample(denoise_fn, (16, 3, 32, 32), sampler="dpm_solver++", steps=20)
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from torch import Tensor, nn
-from tqdm.auto import tqdm
+from torch import Tensor
 
-DenoiseFn = Callable[[Tensor, Tensor], Tensor]
+from models.process import (  # noqa: F401  (re-exported: the names models and commands import from here)
+    SAMPLER_ALIASES, SAMPLER_NAMES, DenoiseFn, DiffusionProcess, classifier_free_guidance, sampler_name,
+)
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers names; sample = the clean image x0
 
 SAMPLERS: dict[str, type[SchedulerMixin]] = {
@@ -42,31 +32,6 @@ SAMPLERS: dict[str, type[SchedulerMixin]] = {
     "ddim": DDIMScheduler,
     "dpm_solver++": DPMSolverMultistepScheduler,
 }
-SAMPLER_ALIASES = {"dpmsolver++": "dpm_solver++", "dpm++": "dpm_solver++", "dpm": "dpm_solver++", "dpm_solver": "dpm_solver++"}
-
-
-def sampler_name(name: str) -> str:
-    """Canonical sampler name; a clear error lists the valid ones."""
-    key = SAMPLER_ALIASES.get(name.lower(), name.lower())
-    if key not in SAMPLERS:
-        raise ValueError(f"unknown sampler '{name}'; valid: {sorted(SAMPLERS)}")
-    return key
-
-
-def classifier_free_guidance(denoise_fn: DenoiseFn, guidance_scale: float) -> DenoiseFn:
-    """Classifier-free guidance (Ho & Salimans 2022): ``uncond + w * (cond - uncond)``.
-
-    ``denoise_fn`` must expect a doubled batch whose first half is conditional and second half
-    unconditional; the wrapped function takes the plain (B, C, H, W) batch, so conditional and
-    unconditional outputs come from one network forward.
-    """
-
-    def guided(sample: Tensor, timestep: Tensor) -> Tensor:
-        output = denoise_fn(torch.cat([sample, sample]), torch.cat([timestep, timestep]))  # (2B, C, H, W)
-        cond, uncond = output.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
-
-    return guided
 
 
 def shifted_betas(alphas_cumprod: Tensor, snr_shift: float) -> list[float]:
@@ -77,7 +42,7 @@ def shifted_betas(alphas_cumprod: Tensor, snr_shift: float) -> list[float]:
     return (1.0 - shifted / previous).clamp(0.0, 0.999).tolist()  # a_bar_t = prod(1 - beta), capped as diffusers' cosine
 
 
-class NoiseProcess(nn.Module):
+class NoiseProcess(DiffusionProcess):
     """Forward noising, training target and samplers of a DDPM (Ho et al. 2020).
 
     Args:
@@ -146,6 +111,7 @@ class NoiseProcess(nn.Module):
             steps_offset=0,
         )
         self.prediction_type = prediction_type
+        self.clip_sample = bool(clip_sample)
         self.min_snr_gamma = min_snr_gamma
         self.snr_floor = float(snr_floor)
         self.num_train_timesteps = num_train_timesteps
@@ -157,25 +123,24 @@ class NoiseProcess(nn.Module):
         train_scheduler = self.scheduler("ddpm")  # also validates the schedule name
         # Derived from the config, so not saved: checkpoints stay valid if diffusers changes dtype.
         self.register_buffer("alphas_cumprod", train_scheduler.alphas_cumprod.float().clone(), persistent=False)
-        self.last_nfe = 0
 
     # ----------------------------------------------------------------------------------------
     # schedulers
-    def scheduler(self, sampler: str, steps: int | None = None) -> SchedulerMixin:
-        """A fresh diffusers scheduler of this schedule; ``set_timesteps(steps)`` done if given."""
-        cls = SAMPLERS[sampler_name(sampler)]
-        accepted = inspect.signature(cls.__init__).parameters
-        scheduler = cls(**{k: v for k, v in self.config.items() if k in accepted})
-        if steps is not None:
-            if not 1 <= steps <= self.num_train_timesteps:
-                raise ValueError(f"sampler steps must be in [1, {self.num_train_timesteps}], got {steps}")
-            scheduler.set_timesteps(steps)
-        return scheduler
+    samplers: ClassVar[dict[str, type[SchedulerMixin]]] = SAMPLERS
 
-    def nfe(self, sampler: str, steps: int, guided: bool = False) -> int:
-        """Network evaluations per image: one per step for these samplers, two with CFG."""
-        sampler_name(sampler)
-        return steps * (2 if guided else 1)
+    def build_scheduler(self, sampler: str) -> SchedulerMixin:
+        return self.configured(SAMPLERS[sampler], self.config)
+
+    def model_time(self, scheduler: SchedulerMixin, index: int, count: int, device: torch.device) -> Tensor:
+        """The integer step t, as in training."""
+        return torch.full((count,), int(scheduler.timesteps[index]), device=device, dtype=torch.long)
+
+    def noised(self, x0: Tensor, noise: Tensor, scheduler: SchedulerMixin, index: int) -> Tensor:
+        t_start = torch.full((x0.shape[0],), int(scheduler.timesteps[index]), device=x0.device, dtype=torch.long)
+        return self.add_noise(x0, noise, t_start)
+
+    def describe(self) -> str:
+        return f"DDPM, prediction `{self.prediction_type}`, schedule `{self.config['beta_schedule']}` (T = {self.num_train_timesteps})"
 
     # ----------------------------------------------------------------------------------------
     # training
@@ -245,89 +210,9 @@ class NoiseProcess(nn.Module):
             "model_output": model_output,
             "pred_x0": self.predict_x0(noisy, model_output, timesteps),
             "weight": weight,
+            "alpha_bar": self.alphas_cumprod[timesteps],
         }
         return loss, aux
-
-    # ----------------------------------------------------------------------------------------
-    # sampling
-    def _denoise_loop(
-        self,
-        denoise_fn: DenoiseFn,
-        sample: Tensor,
-        scheduler: SchedulerMixin,
-        timesteps: Tensor,
-        generator: torch.Generator | None,
-        progress: bool,
-    ) -> Tensor:
-        self.last_nfe = 0
-        for timestep in tqdm(timesteps, disable=not progress, desc="sampling", leave=False):
-            # 1. the network's output at this noise level (timestep broadcast over the batch)
-            t_batch = torch.full((sample.shape[0],), int(timestep), device=sample.device, dtype=torch.long)
-            model_input = scheduler.scale_model_input(sample, timestep)
-            model_output = denoise_fn(model_input, t_batch)
-            self.last_nfe += 1
-            # 2. one reverse step x_t -> x_{t-1} by the scheduler's update rule
-            sample = scheduler.step(model_output, timestep, sample, generator=generator).prev_sample
-        return self._bounded(sample)
-
-    def _bounded(self, sample: Tensor) -> Tensor:
-        """Images are bounded to [-1, 1]; latents (``clip_sample`` false on the latent route) are not."""
-        return sample.clamp(-1.0, 1.0) if self.config["clip_sample"] else sample
-
-    @torch.no_grad()
-    def sample(
-        self,
-        denoise_fn: DenoiseFn,
-        shape: tuple[int, ...],
-        *,
-        sampler: str,
-        steps: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        """Draw samples of ``shape`` (N, C, H, W) from pure noise; in [-1, 1] with ``clip_sample``.
-
-        ``generator`` is a CPU generator: the same seed gives the same images on any device.
-        """
-        device = torch.device(device) if device is not None else self.alphas_cumprod.device
-        scheduler = self.scheduler(sampler, steps)
-        # x_T ~ N(0, I) scaled by the scheduler's initial sigma (1 for these schedulers)
-        sample = torch.randn(shape, generator=generator, device="cpu").to(device) * scheduler.init_noise_sigma
-        return self._denoise_loop(denoise_fn, sample, scheduler, scheduler.timesteps, generator, progress)
-
-    @torch.no_grad()
-    def reconstruct(
-        self,
-        denoise_fn: DenoiseFn,
-        x0: Tensor,
-        *,
-        strength: float,
-        sampler: str,
-        steps: int,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        """Noise real images to ``t ~ strength * T`` and denoise them back (SDEdit, Meng et al. 2022).
-
-        Runs the last ``round(strength * steps)`` steps of the ``steps``-step schedule, as the
-        diffusers img2img pipelines do; strength 1 is a fresh sample, strength 0 returns ``x0``.
-        """
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"reconstruction strength must be in [0, 1], got {strength}")
-        scheduler = self.scheduler(sampler, steps)
-        num_run = min(int(round(strength * steps)), steps)
-        if num_run == 0:
-            self.last_nfe = 0
-            return self._bounded(x0)
-        start = (steps - num_run) * scheduler.order
-        timesteps = scheduler.timesteps[start:]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(start)  # multistep solvers track their position
-        noise = torch.randn(x0.shape, generator=generator, device="cpu").to(device=x0.device, dtype=x0.dtype)
-        t_start = torch.full((x0.shape[0],), int(timesteps[0]), device=x0.device, dtype=torch.long)
-        noisy = self.add_noise(x0, noise, t_start)
-        return self._denoise_loop(denoise_fn, noisy, scheduler, timesteps, generator, progress)
 
     def extra_repr(self) -> str:
         return (

@@ -1,7 +1,8 @@
 """One diffusion LightningModule for ``hybrid``, ``ddpm`` and ``ddpm_class``: UNet + noise process + conditioner.
 
 Three layers, as MONAI's generative models: the denoiser network (``models.unets.build_unet``),
-the noise process (``models.diffusion.NoiseProcess``: schedule, loss, samplers) and this module,
+the noise process (``models.process.DiffusionProcess``: the DDPM ``NoiseProcess``, ``FlowMatching`` or
+``EDM``: schedule, loss, samplers) and this module,
 which binds a conditioner's output to the UNet (one closure), drops conditioning for
 classifier-free guidance, and trains, samples and reconstructs. The models differ only in their
 conditioner (``models.conditioners``) and guidance settings, so the comparison table compares
@@ -26,9 +27,9 @@ from torch import Tensor, nn
 from datamodules.info import DataInfo
 from models.conditioners import Conditioner, Conditioning
 from models.containers import plain_dict
-from models.diffusion import DenoiseFn, NoiseProcess, classifier_free_guidance, sampler_name
 from models.first_stage import FirstStage
 from models.generative import Conditions, ReconstructionSettings, SamplingSettings, SingleLossModule
+from models.process import DenoiseFn, DiffusionProcess, classifier_free_guidance
 from models.schedules import with_warmup_cosine
 from models.unets import patchify, unpatchify
 
@@ -56,8 +57,9 @@ class DiffusionModule(SingleLossModule):
         conditioner: builds the ``models.conditioners.Conditioner`` (a Hydra partial) given
             ``data_info`` and ``time_embed_dim``.
         unet: builds the UNet (partial of ``models.unets.build_unet`` with its size keys).
-        noise: the ``NoiseProcess`` (schedule, prediction type, min-SNR weighting).
-        sampler: ``{name: ddpm|ddim|dpm_solver++, steps}`` for generation and reconstruction.
+        noise: the noise process (``model/noise/<ddpm|flow|edm>.yaml``): schedule, target, loss weighting, samplers.
+        sampler: ``{name, steps}`` for generation and reconstruction; the names the process samples with
+            (DDPM: ddpm, ddim, dpm_solver++; flow: euler, heun, dpm_solver++; EDM: euler, dpm_solver++).
         guidance: ``{scale, drop_prob}``: classifier-free guidance weight at sampling (1 = none)
             and the probability of dropping a training row's conditioning (enables guidance).
         optimizer: partial optimiser (``torch.optim.AdamW``) given the parameter groups.
@@ -71,7 +73,7 @@ class DiffusionModule(SingleLossModule):
         data_info: DataInfo | dict[str, Any],
         conditioner: Callable[..., Conditioner],
         unet: Callable[..., nn.Module],
-        noise: NoiseProcess,
+        noise: DiffusionProcess,
         sampler: Mapping[str, Any],
         guidance: Mapping[str, Any],
         optimizer: Callable[..., torch.optim.Optimizer],
@@ -82,7 +84,8 @@ class DiffusionModule(SingleLossModule):
         self.save_hyperparameters(ignore=["data_info", "noise"])
         sampler_cfg = required_keys(sampler, "sampler", ("name", "steps"))
         guidance_cfg = required_keys(guidance, "guidance", ("scale", "drop_prob"))
-        self.sampling = SamplingSettings(sampler_name(sampler_cfg["name"]), int(sampler_cfg["steps"]), float(guidance_cfg["scale"]))
+        self.noise = noise
+        self.sampling = SamplingSettings(noise.check_sampler(sampler_cfg["name"]), int(sampler_cfg["steps"]), float(guidance_cfg["scale"]))
         self.drop_prob = float(guidance_cfg["drop_prob"])
         self.optimizer_factory = optimizer
         self.warmup_steps = int(warmup_steps)
@@ -94,7 +97,6 @@ class DiffusionModule(SingleLossModule):
         self.sample_shape = (channels, side, side)  # what the noise process draws and denoises, per image
         self.unet = unet(image_size=side, in_channels=channels, out_channels=channels, **self.conditioner.unet_inputs())
         self.patch_size = side // int(self.unet.config.sample_size)
-        self.noise = noise
 
     @property
     def conditioning(self) -> str:  # type: ignore[override]
@@ -107,7 +109,7 @@ class DiffusionModule(SingleLossModule):
         given = sampling or SamplingSettings()
         configured = self.sampling
         return SamplingSettings(
-            sampler=sampler_name(given.sampler) if given.sampler is not None else configured.sampler,
+            sampler=self.noise.check_sampler(given.sampler) if given.sampler is not None else configured.sampler,
             steps=int(given.steps) if given.steps is not None else configured.steps,
             guidance_scale=float(given.guidance_scale) if given.guidance_scale is not None else configured.guidance_scale,
         )

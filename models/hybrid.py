@@ -105,7 +105,7 @@ class HybridDiffusion(DiffusionModule):
 
         The head's own weights see only real images (``head_loss``); the alignment term reaches
         the UNet through ``pred_x0`` with the head frozen for it, weighted by a_bar(t) since the
-        x0 estimate from nearly pure noise cannot show fine attributes.
+        x0 estimate from nearly pure noise cannot show fine attributes (a_bar: the signal's share of the input).
         """
         if self.align_head is None:
             return None
@@ -113,7 +113,7 @@ class HybridDiffusion(DiffusionModule):
         head_logits = self.align_head(batch["image"])
         frozen = {k: v.detach() for k, v in self.align_head.named_parameters()}
         pred_logits = functional_call(self.align_head, frozen, (self.decode(aux["pred_x0"]).clamp(-1, 1),))  # latents decoded
-        weight = self.noise.alphas_cumprod[aux["timesteps"]] * conditioned.float()  # (B,)
+        weight = aux["alpha_bar"] * conditioned.float()  # (B,)
         head_loss, align_loss, correct = 0.0, 0.0, []
         for name, target in targets.items():
             known = target >= 0

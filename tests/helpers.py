@@ -40,10 +40,17 @@ def untrained_checkpoint(path: Path, exp: str, *overrides: str) -> Path:
 
 
 def load_with_parents(path: Path) -> DictConfig:
-    """A config group option merged with the options of its ``defaults`` list (same group), as Hydra composes it."""
+    """A config group option merged with the options of its ``defaults`` list, as Hydra composes it: entries of the
+    same group (``- _diffusion``) and of a nested group (``- noise: ddpm`` -> ``<group>/noise/ddpm.yaml`` under ``noise``)."""
     config = OmegaConf.load(path)
-    defaults = [str(entry) for entry in config.pop("defaults", [])]
+    defaults = OmegaConf.to_container(config.pop("defaults")) if "defaults" in config else []
     merged = OmegaConf.create()
     for entry in defaults if "_self_" in defaults else [*defaults, "_self_"]:
-        merged = OmegaConf.merge(merged, config if entry == "_self_" else load_with_parents(path.parent / f"{entry}.yaml"))
+        if entry == "_self_":
+            merged = OmegaConf.merge(merged, config)
+        elif isinstance(entry, dict):
+            ((group, option),) = entry.items()
+            merged = OmegaConf.merge(merged, {group: load_with_parents(path.parent / group / f"{option}.yaml")})
+        else:
+            merged = OmegaConf.merge(merged, load_with_parents(path.parent / f"{entry}.yaml"))
     return merged

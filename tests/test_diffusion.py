@@ -103,6 +103,8 @@ def test_sampling_is_reproducible_and_switchable() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert sampler_name("DPM++") == "dpm_solver++"
     with pytest.raises(ValueError, match="valid"):
+        process.sample(oracle, (1, 3, 8, 8), sampler="lms", steps=5)
+    with pytest.raises(ValueError, match="NoiseProcess samples with ddpm, ddim, dpm_solver"):  # a flow/EDM sampler
         process.sample(oracle, (1, 3, 8, 8), sampler="euler", steps=5)
 
 

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from experiments import CONFIG_DIR
 from tests.helpers import experiment_names
 
-GROUPS_IN_ORDER = ("data", "model", "trainer", "logger", "callbacks", "paths", "eval", "exp", "budget", "route")
+GROUPS_IN_ORDER = ("data", "model/noise", "model", "trainer", "logger", "callbacks", "paths", "eval", "exp", "budget", "route")
 
 
 @functools.cache
@@ -70,7 +70,7 @@ def composition(choices: dict[str, str]) -> list[tuple[Path, str]]:
     """The files of a run config with these group choices, in merge order."""
     files = [(CONFIG_DIR / "config.yaml", "")]
     for group in GROUPS_IN_ORDER:
-        if group in choices:  # a group only some models have
+        if group in choices:  # a group only some models have (model/noise: the diffusion models)
             files += _files(CONFIG_DIR / group / f"{choices[group]}.yaml")
     return files
 
