@@ -249,3 +249,15 @@ def test_downstream_recall_per_diagnosis_within_each_tone_group() -> None:
     assert result["tan"]["per_class"]["nv"]["recall"] is None and result["tan"]["balanced_accuracy"] is None
     names = ("very light", "light", "intermediate", "tan", "brown", "dark")
     assert recall_by_tone(np.eye(2)[predicted], labels, tones, ("nv", "mel"), names) == result  # probabilities or classes
+
+
+def test_tone_groups_leave_the_judge_and_the_fingerprint_of_the_data_alone() -> None:
+    from evaluation.judge import JUDGE_SETTINGS, judge_key
+
+    class Split:
+        image_ids = ["a", "b"]
+
+    before, after = DataInfo("ham10000", 32, ("nv", "mel")), DataInfo("ham10000", 32, ("nv", "mel"), tone_groups=True)
+    settings = dict.fromkeys(JUDGE_SETTINGS, 1)
+    assert judge_key(before, Split(), settings) == judge_key(after, Split(), settings)  # runs before and after share a judge
+    assert DataInfo.from_dict(after.to_dict()).tone_groups and not DataInfo.from_dict(before.to_dict()).tone_groups
