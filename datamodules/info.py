@@ -52,6 +52,14 @@ class DataInfo:
         groups, else None. Both count 1-6 from light to dark, 0 unknown."""
         return "skin_tone" if self.skin_tones else "tone_group" if self.tone_groups else None
 
+    def key_dict(self) -> dict[str, Any]:
+        """``to_dict`` without ``tone_groups``: what keys results derived from the data (fingerprints, judges).
+
+        The tone groups are read from the pixels those keys already hash, and no judge reads them, so a judge
+        trained before the data had tone groups is still the judge of the same data.
+        """
+        return {key: value for key, value in self.to_dict().items() if key != "tone_groups"}
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["class_names"] = list(self.class_names)

@@ -62,7 +62,7 @@ class Judge:
 def judge_key(info: DataInfo, train_set: Any, judge_cfg: Any) -> str:
     """Cache key: the data (fingerprint, size, split) and every setting that changes the weights."""
     settings = {k: judge_cfg.get(k) for k in JUDGE_SETTINGS}
-    text = json.dumps({"data": info.to_dict(), "split": split_hash(train_set), **settings}, sort_keys=True)
+    text = json.dumps({"data": info.key_dict(), "split": split_hash(train_set), **settings}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 

@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 from scipy.stats import spearmanr
 
-from datamodules import SkinDataModule
 from datamodules.captions import parse_caption
 from datamodules.info import DataInfo
 from datamodules.sources.phantom import draw
@@ -249,3 +248,38 @@ def test_downstream_recall_per_diagnosis_within_each_tone_group() -> None:
     assert result["tan"]["per_class"]["nv"]["recall"] is None and result["tan"]["balanced_accuracy"] is None
     names = ("very light", "light", "intermediate", "tan", "brown", "dark")
     assert recall_by_tone(np.eye(2)[predicted], labels, tones, ("nv", "mel"), names) == result  # probabilities or classes
+
+
+def test_tone_groups_leave_the_judge_and_the_fingerprint_of_the_data_alone() -> None:
+    from evaluation.judge import JUDGE_SETTINGS, judge_key
+
+    class Split:
+        image_ids = ["a", "b"]
+
+    before, after = DataInfo("ham10000", 32, ("nv", "mel")), DataInfo("ham10000", 32, ("nv", "mel"), tone_groups=True)
+    settings = dict.fromkeys(JUDGE_SETTINGS, 1)
+    assert judge_key(before, Split(), settings) == judge_key(after, Split(), settings)  # runs before and after share a judge
+    assert DataInfo.from_dict(after.to_dict()).tone_groups and not DataInfo.from_dict(before.to_dict()).tone_groups
+
+
+HAM_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ham10000"
+
+
+def test_the_tone_bench_validates_the_reading(tmp_path: Path) -> None:
+    from experiments.bench import SUITES
+
+    options = {"budget": "smoke", "phantom_num_val": "60", "resamples": "50", "grid": str(tmp_path / "extremes.png"),
+               "num_extremes": "4", "overrides": f"paths.cache_dir={tmp_path / 'cache'}"}
+    if HAM_ROOT.is_dir():
+        options.update(ham_root=str(HAM_ROOT), ham_image_size="32",
+                       overrides=options["overrides"] + " data.num_train=30 data.num_val=40 data.num_test=30")
+    results = SUITES["tone"](options)
+    phantom = results["tone.phantom"]
+    assert phantom["n"] == 60 and phantom["spearman"] > 0.8 and phantom["spearman_interval"][0] <= phantom["spearman"]
+    low, high = phantom["bin_accuracy_interval"]
+    assert low <= phantom["bin_accuracy"] <= high and sum(e["n"] for e in phantom["per_type"].values()) == 60
+    if not HAM_ROOT.is_dir():
+        pytest.skip(f"HAM10000 is not at {HAM_ROOT}: the phantom part ran, the real-data part did not")
+    ham = results["tone.ham10000"]
+    assert sum(ham["counts"]["val"].values()) == ham["n"] == 40 and Path(ham["grid"]).is_file()
+    assert ham["mask_vs_otsu"]["spearman"] > 0.5 and ham["size_vs_native"]["group_agreement"] > 0.5

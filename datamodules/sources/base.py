@@ -121,9 +121,7 @@ class SourceTable:
         re-processed photos never reuse a stale judge, and a byte-identical copy of the data set
         (other modification times) is the same data.
         """
-        # Tone groups are read from the pixels hashed here; whether a source has them leaves the data the same.
-        info = {key: value for key, value in self.info.to_dict().items() if key != "tone_groups"}
-        text = json.dumps({"info": {**info, "fingerprint": ""},
+        text = json.dumps({"info": {**self.info.key_dict(), "fingerprint": ""},
                            "splits": {k: v.image_ids for k, v in self.splits.items()},
                            "pixels": {k: v.images.content for k, v in self.splits.items()}}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
