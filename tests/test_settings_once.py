@@ -20,7 +20,11 @@ from omegaconf import OmegaConf
 from experiments import CONFIG_DIR
 from tests.helpers import experiment_names
 
-GROUPS_IN_ORDER = ("data", "model/noise", "model", "trainer", "logger", "callbacks", "paths", "eval", "exp", "budget", "route")
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "recipe").glob("*.yaml"))
+
+GROUPS_IN_ORDER = ("data", "model/noise", "model", "trainer", "logger", "callbacks", "paths", "eval", "exp", "budget", "route", "recipe")
 
 
 def _package(path: Path, text: str) -> str:
@@ -89,16 +93,18 @@ def problems(files: list[tuple[Path, str]], root: Path = CONFIG_DIR) -> list[str
 
 # Every experiment on the default budget, data and route, and every budget x data x route for the flagship: each file
 # of the tree meets each other file it can be merged with.
-COMBINATIONS = sorted({(exp, "quick", "phantom", "pixel") for exp in experiment_names()}
-                      | set(itertools.product(["hybrid", "vae", "gan"], ("smoke", "quick", "long", "full"), ("phantom", "ham10000", "folder"),
-                                              ("pixel", "latent"))))
+COMBINATIONS = sorted({(exp, "quick", "phantom", "pixel", "default") for exp in experiment_names()}
+                      | {(*choice, "default") for choice in itertools.product(["hybrid", "vae", "gan"], ("smoke", "quick", "long", "full"),
+                                                                                ("phantom", "ham10000", "folder"), ("pixel", "latent"))}
+                      | {(exp, "quick", "ham10000", "pixel", recipe) for exp in ("ddpm_class", "hybrid") for recipe in recipe_names()})
 
 
 def test_every_composition_sets_each_key_once() -> None:
     found: set[str] = set()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        for exp, budget, data, route in COMBINATIONS:
-            found.update(problems(composition(f"exp={exp}", f"budget={budget}", f"data={data}", f"route={route}")))
+        for exp, budget, data, route, recipe in COMBINATIONS:
+            choices = [f"exp={exp}", f"budget={budget}", f"data={data}", f"recipe={recipe}"]
+            found.update(problems(composition(*choices, *([] if recipe.startswith("latent") else [f"route={route}"]))))
     assert not found, "settings written twice:\n" + "\n".join(sorted(found))
 
 
