@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from callbacks.cpu_budget import paused
 from callbacks.ema import ema_weights
 from callbacks.rng import collect_rng_states, restore_rng_states
 from evaluation.protocol import evaluate_generator, validation_fd
@@ -75,7 +76,7 @@ class Evaluate(Callback):
         step = trainer.global_step
         if not self.every_n_steps or step == 0 or step % self.every_n_steps or self.resources is None:
             return
-        with ema_weights(trainer, pl_module):
+        with paused(trainer), ema_weights(trainer, pl_module):  # evaluation is not training time
             fd = validation_fd(pl_module, trainer.datamodule, self.resources, self.eval_cfg, self.num_generated)
         pl_module.log("val/fd", fd, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
 

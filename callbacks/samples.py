@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from callbacks.cpu_budget import paused
 from callbacks.ema import ema_weights
 
 
@@ -63,7 +64,7 @@ class SampleGrid(Callback):
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
         conditions = self._conditions_for(trainer)
         generator = torch.Generator().manual_seed(self.seed)
-        with ema_weights(trainer, pl_module):
+        with paused(trainer), ema_weights(trainer, pl_module):  # drawing is not training time
             images = pl_module.generate(conditions, self.num_images, generator=generator)
         captions = list(conditions["caption"]) if conditions is not None and pl_module.conditioning != "none" else None
         path = save_grid(images, self.dirpath / f"step_{trainer.global_step}.png", captions)

@@ -53,11 +53,15 @@ class SkinDataset(Dataset):
         labels: (N,) int64 diagnosis indices.
     """
 
-    def __init__(self, table: SplitTable, augment: Augment | None = None, with_reference: bool = False, with_index: bool = False):
+    def __init__(
+        self, table: SplitTable, augment: Augment | None = None, with_reference: bool = False, with_index: bool = False,
+        with_pose: bool = False,
+    ):
         self.table = table
         self.augment = augment
         self.with_reference = with_reference
         self.with_index = with_index
+        self.with_pose = with_pose
         self.image_ids = table.image_ids
         self.lesion_ids = table.lesion_ids
         self.labels = table.labels
@@ -75,11 +79,17 @@ class SkinDataset(Dataset):
         image = self.table.images[index]  # (H, W, 3) uint8 view of the memory map
         return self.augment(image) if self.augment is not None else to_tensor(image)
 
+    def posed_image(self, index: int) -> tuple[Tensor, int]:
+        """The (augmented) image and its dihedral pose (``transforms.posed``; 0 without augmentation)."""
+        image = self.table.images[index]
+        return self.augment.posed(image) if self.augment is not None else (to_tensor(image), 0)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         # Python ints, not 0-d tensors: the default collate turns a batch of ints into one long
         # tensor in a single call, which keeps the per-item cost a few microseconds.
+        image, pose = self.posed_image(index)
         item = {
-            "image": self.image(index),
+            "image": image,
             "caption": self.captions[index],
             "label": int(self.labels[index]),
             "attributes": {name: int(values[index]) for name, values in self.attributes.items()},
@@ -89,8 +99,10 @@ class SkinDataset(Dataset):
         }
         if self.with_reference:
             item["reference"] = self.image(self.reference_index(index))
-        if self.with_index:
+        if self.with_index or self.with_pose:
             item["index"] = int(index)
+        if self.with_pose:
+            item["pose"] = pose
         return item
 
     def reference_index(self, index: int) -> int:
@@ -122,8 +134,9 @@ def collate_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if "reference" in items[0]:
         batch["reference"] = torch.stack([item["reference"] for item in items])
-    if "index" in items[0]:
-        batch["index"] = torch.tensor([item["index"] for item in items])
+    for key in ("index", "pose"):
+        if key in items[0]:
+            batch[key] = torch.tensor([item[key] for item in items])
     return batch
 
 
@@ -169,6 +182,8 @@ class SkinDataModule(L.LightningDataModule):
         with_reference: training items also carry ``reference``, another image of the same label.
         with_index: training items also carry ``index``, their position in the training split (the
             hybrid's table references and retrieval prior leave the target out by it).
+        with_pose: training items also carry ``pose``, the dihedral pose (0-7) the augmentation gave
+            the image, and ``index`` (the latent route's cached latents are looked up by both).
         sampler: ``natural`` (each training image once per epoch) or ``balanced`` (shares of the
             ``sampler_key`` groups tempered by ``sampler_temperature``: 0 natural, 1 equal; ``datamodules.sampling``).
         sampler_key: what ``balanced`` balances: ``label`` (diagnosis) or ``tone`` (the Fitzpatrick type where
@@ -237,6 +252,7 @@ class SkinDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         with_reference: bool = False,
         with_index: bool = False,
+        with_pose: bool = False,
         sampler: str = "natural",
         sampler_temperature: float = 1.0,
         sampler_key: str = "label",
@@ -256,6 +272,7 @@ class SkinDataModule(L.LightningDataModule):
         check_settings(source, on_bad_image, sampler, sampler_temperature, (num_train, num_val, num_test), train_fraction, sampler_key)
         self.source, self.batch_size, self.num_workers, self.seed = source, batch_size, num_workers, seed
         self.with_reference, self.with_index, self.train_fraction = with_reference, with_index, float(train_fraction)
+        self.with_pose = bool(with_pose)
         self.balanced, self.sampler_temperature, self.sampler_key = sampler == "balanced", float(sampler_temperature), sampler_key
         self._holdout_combos = [dict(combo) for combo in holdout_combos or ()]
         self.holdout = Holdout(paraphrases=int(holdout_paraphrases))  # combos resolved against the vocabulary in setup
@@ -297,7 +314,7 @@ class SkinDataModule(L.LightningDataModule):
             table.splits["train"] = table.splits["train"].select(rows)
         self.table = table
         self._info = replace(table.info, fingerprint=fingerprint_with(table.fingerprint(), self.holdout))
-        self.train_set = SkinDataset(table.splits["train"], self.augmentation, self.with_reference, self.with_index)
+        self.train_set = SkinDataset(table.splits["train"], self.augmentation, self.with_reference, self.with_index, self.with_pose)
         self.val_set = SkinDataset(table.splits["val"])
         self.test_set = SkinDataset(table.splits["test"])
 

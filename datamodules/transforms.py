@@ -188,6 +188,16 @@ def to_tensor(image: np.ndarray, gain: float = 1.0) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
+POSES = 8  # the dihedral group of the square: pose p = 4 * flipped + quarter turns
+
+
+def posed(image: np.ndarray, pose: int) -> np.ndarray:
+    """(H, W, 3) image in dihedral pose ``pose`` (0-7): mirrored left-right when ``pose >= 4``, then ``pose % 4`` quarter turns."""
+    if pose >= 4:
+        image = image[:, ::-1]
+    return np.rot90(image, pose % 4) if pose % 4 else image
+
+
 @dataclass(frozen=True)
 class Augment:
     """Training-time augmentation of one (H, W, 3) uint8 image, returned as a (3, H, W) tensor in [-1, 1].
@@ -202,10 +212,16 @@ class Augment:
     rotate90: bool = True
     brightness: float = 0.1
 
-    def __call__(self, image: np.ndarray, generator: torch.Generator | None = None) -> Tensor:
+    def draw(self, generator: torch.Generator | None = None) -> tuple[int, float]:
+        """A random dihedral pose (0-7, ``posed``) and brightness gain."""
         flip, turn, light = torch.rand(3, generator=generator).tolist()
-        if self.flips and flip < 0.5:
-            image = image[:, ::-1]
-        if self.rotate90 and int(turn * 4):
-            image = np.rot90(image, int(turn * 4))
-        return to_tensor(image, 1.0 + (2 * light - 1) * self.brightness)
+        pose = (4 if self.flips and flip < 0.5 else 0) + (int(turn * 4) if self.rotate90 else 0)
+        return pose, 1.0 + (2 * light - 1) * self.brightness
+
+    def posed(self, image: np.ndarray, generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        """The augmented image and the dihedral pose it was given (the latent cache's index)."""
+        pose, gain = self.draw(generator)
+        return to_tensor(posed(image, pose), gain), pose
+
+    def __call__(self, image: np.ndarray, generator: torch.Generator | None = None) -> Tensor:
+        return self.posed(image, generator)[0]

@@ -56,7 +56,7 @@ def collect(dataset: Any, num: int | None = None, seed: int = 0, batch_size: int
 def unaugmented(dataset: Any) -> Any:
     """The same split without training-time augmentation or extras, so an item is always its stored image."""
     plain = copy.copy(dataset)
-    for name, value in (("augment", None), ("with_reference", False), ("with_index", False)):
+    for name, value in (("augment", None), ("with_reference", False), ("with_index", False), ("with_pose", False)):
         if hasattr(plain, name):
             setattr(plain, name, value)
     return plain

@@ -189,24 +189,29 @@ def _run_length_problems(cfg: DictConfig) -> list[str]:
     if not _is_int(steps) or steps < -1:
         return [f"trainer.max_steps={steps}: must be a positive integer (or -1 with trainer.max_epochs or trainer.max_time)"]
     epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
-    if steps == -1 and (epochs is None or epochs < 1) and OmegaConf.select(cfg, "trainer.max_time", default=None) is None:
-        return ["trainer.max_steps=-1 with no trainer.max_epochs or trainer.max_time would train forever"]
+    cpu_marks = OmegaConf.select(cfg, "callbacks.cpu_budget.minutes", default=None)
+    if steps == -1 and (epochs is None or epochs < 1) and OmegaConf.select(cfg, "trainer.max_time", default=None) is None and not cpu_marks:
+        return ["trainer.max_steps=-1 with no trainer.max_epochs, trainer.max_time or callbacks.cpu_budget.minutes would train forever"]
     return []
 
 
 def _route_problems(cfg: DictConfig) -> list[str]:
-    """route=latent puts a first stage under ``model``: only the diffusion models have one."""
-    if OmegaConf.select(cfg, "model.first_stage", default=None) is None:
+    """route=latent puts a first stage under ``model``, and the recipes change the diffusion core: only the diffusion
+    models have them."""
+    latent = OmegaConf.select(cfg, "model.first_stage", default=None) is not None
+    recipe = OmegaConf.select(cfg, "recipe_name", default="default")
+    if not latent and recipe in (None, "default"):
         return []
     from hydra.utils import get_class
 
     from models.diffusion_module import DiffusionModule
 
     target = str(OmegaConf.select(cfg, "model._target_", default=""))
-    if not issubclass(get_class(target), DiffusionModule):
-        return [f"route=latent: {target} ({cfg.get('exp_name')}) is not a diffusion model; the latent route serves "
-                "exp=hybrid, ddpm and ddpm_class (and their ablations)"]
-    return []
+    if issubclass(get_class(target), DiffusionModule):
+        return []
+    what, serves = (f"recipe={recipe}", "the recipes serve") if recipe not in (None, "default") else ("route=latent", "the latent route serves")
+    return [f"{what}: {target} ({cfg.get('exp_name')}) is not a diffusion model; {serves} exp=hybrid, ddpm and ddpm_class "
+            "(and their ablations)"]
 
 
 # The run folder this process checked before Hydra made it, when it did not exist yet: a run refused while it

@@ -168,9 +168,11 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str]) -> tuple[dict[str
         "exp": run_cfg.get("exp_name"), "data": run_cfg.data.get("source"), "seed": int(run_cfg.get("seed", 0)),
         "train_steps": int(checkpoint.get("global_step", 0)), "train_time_s": previous.get("train_time_s"),
     }
+    clock = checkpoint.get("cpu_clock")  # the training's CPU seconds when this checkpoint was written (callbacks/cpu_budget.py)
     metrics = evaluate_generator(
         model, datamodule, run_cfg.eval, out, extra=extra, sampling=sampling,
         checkpoint=cfg.ckpt, overrides=overrides, budget=run_cfg.get("budget_name"),
+        training=dict(clock, steps=extra["train_steps"]) if isinstance(clock, dict) else None,
     )
     return metrics, out
 

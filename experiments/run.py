@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from callbacks.cpu_budget import find_budget
 from callbacks.health import FiniteLoss
 from callbacks.rng import RNGState
 from datamodules.atomic import remove_stale_temp_files
@@ -177,12 +178,15 @@ def evaluate_after_fit(
 
 
 def training_stop(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
-    """The run's step budget and what ended it. Comparisons run on equal steps: the wall-clock cap is a
-    safety limit, and a run it cut short is reported as such (warning, metrics.json, report)."""
+    """The run's budget, what ended it and its CPU time. Comparisons run on equal steps (or, with a CPU budget, equal
+    CPU time): the wall-clock cap is a safety limit, and a run it cut short is reported as such (warning, metrics.json, report)."""
     max_steps, steps = int(trainer.max_steps), int(trainer.global_step)
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     remaining = timer.time_remaining("train") if timer is not None else None  # None: no cap
-    if 0 <= max_steps <= steps:
+    budget = find_budget(trainer)
+    if budget is not None and budget.stopped:
+        stopped_by = "cpu_budget"
+    elif 0 <= max_steps <= steps:
         stopped_by = "max_steps"
     elif trainer.interrupted:
         stopped_by = "interrupted"
@@ -195,7 +199,8 @@ def training_stop(cfg: DictConfig, trainer: L.Trainer) -> dict[str, Any]:
             "trainer.max_time=%s stopped the run at step %d of its %d: its figures are not at equal steps with runs that "
             "finished their budget (raise or remove the cap: trainer.max_time=null)", cfg.trainer.get("max_time"), steps, max_steps,
         )
-    return {"max_steps": max_steps, "steps": steps, "stopped_by": stopped_by, "max_time": cfg.trainer.get("max_time")}
+    clock = budget.record() if budget is not None else {}
+    return {"max_steps": max_steps, "steps": steps, "stopped_by": stopped_by, "max_time": cfg.trainer.get("max_time"), **clock}
 
 
 def command_overrides() -> list[str]:

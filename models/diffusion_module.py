@@ -30,7 +30,7 @@ from models.containers import plain_dict
 from models.first_stage import FirstStage
 from models.generative import Conditions, ReconstructionSettings, SamplingSettings, SingleLossModule
 from models.process import DenoiseFn, DiffusionProcess, classifier_free_guidance
-from models.schedules import with_warmup_cosine
+from models.schedules import Progress, with_warmup_cosine
 from models.unets import patchify, unpatchify
 
 
@@ -97,6 +97,7 @@ class DiffusionModule(SingleLossModule):
         self.sample_shape = (channels, side, side)  # what the noise process draws and denoises, per image
         self.unet = unet(image_size=side, in_channels=channels, out_channels=channels, **self.conditioner.unet_inputs())
         self.patch_size = side // int(self.unet.config.sample_size)
+        self.schedule_progress: Progress | None = None  # the learning-rate decay's clock: steps, unless a budget sets it
 
     @property
     def conditioning(self) -> str:  # type: ignore[override]
@@ -144,16 +145,34 @@ class DiffusionModule(SingleLossModule):
                 "first_stage": None if self.first_stage is None else self.first_stage.record()}
 
     def on_fit_start(self) -> None:
-        """Fit (or load from the cache) the first stage on the training split; Lightning's clock starts after this hook."""
-        if self.first_stage is None or bool(self.first_stage.fitted):
+        """Fit (or load from the cache) the first stage on the training split, and encode its latent cache when asked;
+        Lightning's clock starts after this hook."""
+        if self.first_stage is None:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         if getattr(datamodule, "train_set", None) is None or getattr(datamodule, "val_set", None) is None:
             raise RuntimeError("the latent route fits its first stage on the datamodule's train_set and measures it on val_set")
-        if self.trainer.is_global_zero:
-            progress = self.trainer.progress_bar_callback is not None
-            self.first_stage.prepare(datamodule.train_set, datamodule.val_set, self.data_info.fingerprint, progress=progress)
-        self.first_stage.broadcast(lambda tensor: self.trainer.strategy.broadcast(tensor, src=0))  # one fit for all ranks
+        progress = self.trainer.progress_bar_callback is not None
+        if not bool(self.first_stage.fitted):
+            if self.trainer.is_global_zero:
+                self.first_stage.prepare(datamodule.train_set, datamodule.val_set, self.data_info.fingerprint, progress=progress)
+            self.first_stage.broadcast(lambda tensor: self.trainer.strategy.broadcast(tensor, src=0))  # one fit for all ranks
+        if self.first_stage.cache_latents and self.first_stage.latent_cache is None:
+            if not getattr(datamodule.train_set, "with_pose", False):
+                raise ValueError("model.first_stage.cache_latents=true needs data.with_pose=true: a step looks its latents up by image and pose")
+            # rank 0 encodes and writes the cache file; the other ranks read it (or encode alike without a cache folder)
+            if self.trainer.is_global_zero:
+                self.first_stage.prepare_latents(datamodule.train_set, self.data_info.fingerprint, progress=progress)
+            self.trainer.strategy.barrier()
+            if not self.trainer.is_global_zero:
+                self.first_stage.prepare_latents(datamodule.train_set, self.data_info.fingerprint)
+
+    def training_samples(self, batch: dict[str, Any]) -> Tensor:
+        """The clean samples of a batch: its latent-cache entries (index and pose, training split), else ``encode``."""
+        cache = None if self.first_stage is None else self.first_stage.latent_cache
+        if self.training and cache is not None and "pose" in batch and "index" in batch:
+            return cache.lookup(batch["index"], batch["pose"]).to(self.device)
+        return self.encode(batch["image"])
 
     # ---------------------------------------------------------------------------------------
     # the denoiser
@@ -191,7 +210,7 @@ class DiffusionModule(SingleLossModule):
         return None
 
     def _step(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        clean = self.encode(batch["image"])  # (B, C, h, w): pixels, or latents on the latent route
+        clean = self.training_samples(batch)  # (B, C, h, w): pixels, or latents on the latent route
         count = clean.shape[0]
         conditioning = self.conditioner(batch, count, training=self.training)
         dropped = torch.zeros(count, dtype=torch.bool, device=self.device)
@@ -217,7 +236,9 @@ class DiffusionModule(SingleLossModule):
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     def configure_optimizers(self) -> Any:
-        return with_warmup_cosine(self.optimizer_factory(self.parameter_groups()), self.warmup_steps, self.trainer.max_steps)
+        # A CPU-time budget (callbacks/cpu_budget.py) sets schedule_progress: the cosine decay then ends with the budget.
+        return with_warmup_cosine(self.optimizer_factory(self.parameter_groups()), self.warmup_steps, self.trainer.max_steps,
+                                  self.schedule_progress)
 
     # ---------------------------------------------------------------------------------------
     # the GenerativeModule contract

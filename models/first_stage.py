@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from datamodules.atomic import write_bytes_atomic
 from models.first_stage_fit import FitRecipe, fit_autoencoder, latent_statistics, reconstruction_quality
+from models.latent_cache import LatentCache, load_or_encode, weights_digest
 
 log = logging.getLogger(__name__)
 METADATA_KEY = "dermsynth_first_stage"
@@ -52,6 +53,8 @@ class FirstStage(nn.Module):
         val_images: validation images the reconstruction PSNR/SSIM is measured on (None: all).
         cache_dir: where fitted first stages are cached (``<cache_dir>/first_stage/<key>.safetensors``).
         path: a fitted first-stage file to use instead of the cache (refused if fitted on other data).
+        cache_latents: encode every training image in its eight dihedral poses once, before training
+            (``models.latent_cache``), so a training step looks its latents up instead of encoding.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class FirstStage(nn.Module):
         val_images: int | None,
         cache_dir: str | None,
         path: str | None = None,
+        cache_latents: bool = False,
     ) -> None:
         super().__init__()
         levels = len(block_out_channels)
@@ -92,6 +96,8 @@ class FirstStage(nn.Module):
         self.latent_size = self.image_size // self.downsample
         self.val_limit = None if val_images is None else int(val_images)
         self.cache_dir, self.path = cache_dir, path
+        self.cache_latents = bool(cache_latents)  # not a fit setting: the fitted weights do not depend on it
+        self.latent_cache: LatentCache | None = None  # plain attribute: rebuilt or reloaded per run, never in a checkpoint
         self.register_buffer("latent_shift", torch.zeros(()))
         self.register_buffer("latent_scale", torch.ones(()))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
@@ -164,6 +170,17 @@ class FirstStage(nn.Module):
         if source is not None:
             self.save(source, fingerprint)
         return self.record()
+
+    def prepare_latents(self, train_set: Dataset, fingerprint: str, progress: bool = False) -> LatentCache:
+        """The training split's latents in every dihedral pose (``models.latent_cache``): loaded, or encoded and cached."""
+        images = train_set.table.images
+        identity = {"data_fingerprint": fingerprint, "first_stage": self.cache_key(fingerprint), "weights": weights_digest(self),
+                    "images": len(images)}
+        path = None if self.cache_dir is None or not fingerprint else Path(self.cache_dir) / "first_stage" / f"{self.cache_key(fingerprint)}_poses.safetensors"
+        with torch.no_grad():
+            device = self.latent_scale.device
+            self.latent_cache = load_or_encode(lambda x: self.encode(x.to(device)), images, path, identity, self.recipe.batch_size, progress)
+        return self.latent_cache
 
     def save(self, path: Path, fingerprint: str) -> None:
         """Weights and statistics as safetensors, written atomically; the data and settings in its metadata."""

@@ -1,7 +1,7 @@
 """Settings live in YAML: a Python default of one of our ``_target_``s never contradicts the value its config gives.
 
-Every group option under ``experiments/configs`` (model, data, callbacks, ...; not the ``exp`` and
-``budget`` overlays, which override on purpose, nor Hydra's own settings) is read with its ``defaults`` parents, and each
+Every group option under ``experiments/configs`` (model, data, callbacks, ...; not the ``exp``, ``budget``
+and ``recipe`` overlays, which override on purpose, nor Hydra's own settings) is read with its ``defaults`` parents, and each
 node whose ``_target_`` is project code is checked against the target's signature: a key the YAML
 sets must have no Python default or the same one.
 """
@@ -21,7 +21,7 @@ from experiments import CONFIG_DIR
 from tests.helpers import load_with_parents
 
 PROJECT_PACKAGES = {"models", "baselines", "datamodules", "callbacks", "evaluation", "experiments"}
-OVERLAY_GROUPS = {"exp", "budget", "hydra"}  # overlays override on purpose; hydra/ is Hydra's own
+OVERLAY_GROUPS = {"exp", "budget", "recipe", "hydra"}  # overlays override on purpose; hydra/ is Hydra's own
 
 
 def group_files() -> list[Path]:
@@ -91,7 +91,8 @@ def test_every_project_target_is_checked() -> None:
     checked = {node["_target_"] for path in group_files() for _, node in target_nodes(load_with_parents(path), "")}
     expected = {
         "models.hybrid.HybridDiffusion", "baselines.ddpm.DiffusionBaseline", "baselines.vae.VAE", "baselines.gan.GAN",
-        "models.unets.build_unet", "models.diffusion.NoiseProcess", "models.text_fusion.TextFusion",
+        "models.unets.build_unet", "models.diffusion.NoiseProcess", "models.flow_matching.FlowMatching", "models.edm.EDM",
+        "models.text_fusion.TextFusion",
         "models.text_encoder.TextEncoder", "models.fusion.FusionConditioner", "models.hybrid.AlignmentHead",
         "models.conditioners.Label", "models.conditioners.NoConditioning", "datamodules.SkinDataModule",
         "callbacks.ema.EMA", "callbacks.samples.SampleGrid", "callbacks.evaluate.Evaluate",

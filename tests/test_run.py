@@ -45,8 +45,10 @@ def _assert_run_folder(output_dir: Path, metrics: dict, conditional: bool) -> No
     written = json.loads((output_dir / "metrics.json").read_text())
     assert list(written) == list(METRIC_KEYS)
     assert written["train_steps"] == metrics["train_steps"] > 0
-    assert written["provenance"]["training"] == {"max_steps": written["train_steps"], "steps": written["train_steps"],
-                                                 "stopped_by": "max_steps", "max_time": None}
+    training = written["provenance"]["training"]
+    assert {k: training[k] for k in ("max_steps", "steps", "stopped_by", "max_time")} == {
+        "max_steps": written["train_steps"], "steps": written["train_steps"], "stopped_by": "max_steps", "max_time": None}
+    assert training["train_cpu_s"] > 0 and training["cpu_budget_minutes"] is None  # every run's CPU clock (callbacks/cpu_budget.py)
     assert written["fid"] is not None and written["fid"] >= 0
     memory = OmegaConf.load(output_dir / "config.yaml").provenance.memory_estimate  # printed before training, kept here
     assert memory.activations_per_image_mib > 0 and memory.total_mib >= memory.weights_mib > 0

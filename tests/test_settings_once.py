@@ -21,7 +21,11 @@ from omegaconf import OmegaConf
 from experiments import CONFIG_DIR
 from tests.helpers import experiment_names
 
-GROUPS_IN_ORDER = ("data", "model/noise", "model", "trainer", "logger", "callbacks", "paths", "eval", "exp", "budget", "route")
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "recipe").glob("*.yaml"))
+
+GROUPS_IN_ORDER = ("data", "model/noise", "model", "trainer", "logger", "callbacks", "paths", "eval", "exp", "budget", "route", "recipe")
 
 
 @functools.cache
@@ -121,6 +125,10 @@ def test_every_composition_sets_each_key_once() -> None:
             assert {**exp_choices, **picked} == dict(hydra_choices)
             for options in combinations:
                 found.update(problems(composition({**exp_choices, **dict(zip(VARIED, options))})))
+        for exp in ("ddpm_class", "hybrid"):  # every training recipe on the diffusion core, on HAM10000's quick budget
+            exp_choices = dict(compose("config", overrides=[f"exp={exp}"], return_hydra_config=True).hydra.runtime.choices)
+            for recipe in recipe_names():
+                found.update(problems(composition({**exp_choices, "budget": "quick", "data": "ham10000", "recipe": recipe})))
     assert not found, "settings written twice:\n" + "\n".join(sorted(found))
 
 
